@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Sets up everything zimage-sse needs in this checkout: a virtual environment in .venv with torch
+# (a CUDA build where an NVIDIA GPU answers, a CPU build elsewhere), the package and its test tools,
+# and htmx 4 with its SSE extension from the npm registry into node_modules/ (git-ignored, served
+# under /static/vendor). Safe to run again: it only installs what is missing or out of date.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+EXTRAS=${1:-}
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "setup: creating $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+
+if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+        echo "setup: NVIDIA GPU found, installing the CUDA build of torch"
+        "${PIP[@]}" install ${ZIMAGE_SSE_TORCH_SPEC:-"torch>=2.5"}
+    else
+        # No GPU: a CPU build. ZIMAGE_SSE_TORCH_INDEX can name a CPU-wheel index; without it pip
+        # takes torch 2.13.0 from wherever it is configured to look (a CPU wheel on our machines).
+        echo "setup: no GPU, installing a CPU build of torch"
+        if [ -n "${ZIMAGE_SSE_TORCH_INDEX:-}" ]; then
+            "${PIP[@]}" install --index-url "$ZIMAGE_SSE_TORCH_INDEX" ${ZIMAGE_SSE_TORCH_SPEC:-"torch==2.13.0"}
+        else
+            "${PIP[@]}" install ${ZIMAGE_SSE_TORCH_SPEC:-"torch==2.13.0"}
+        fi
+    fi
+fi
+
+echo "setup: installing zimage-sse${EXTRAS:+ [$EXTRAS]}"
+"${PIP[@]}" install -q -e ".${EXTRAS:+[$EXTRAS]}"
+
+if [ ! -f node_modules/htmx.org/dist/ext/hx-sse.js ]; then
+    echo "setup: installing htmx from the npm registry"
+    npm install --no-audit --no-fund --silent
+fi
+# The browser tests drive Debian's Chromium with Playwright (Playwright cannot download browsers here).
+if [[ "$EXTRAS" == *test* ]] && [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing Chromium for the browser tests"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "setup: the browser tests need Chromium at /usr/bin/chromium (Debian: sudo apt-get install chromium)" >&2
+    fi
+fi
+echo "setup: done"

@@ -1,0 +1,187 @@
+"""Shared fixtures: the tiny model built once, and real uvicorn servers on free ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from zimage_sse import pipeline
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded tiny model, built once per test session through the real build path."""
+    directory = tmp_path_factory.mktemp("models")
+    pipeline.ensure_embedded("tiny", directory)
+    return directory
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A real `zimage-sse serve` process."""
+
+    url: str
+    data_dir: Path
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60, **kwargs)
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_server(
+    data_dir: Path, models_dir: Path, model: str = "tiny", env: dict[str, str] | None = None
+) -> Server:
+    port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir / "server.log"
+    environment = {**os.environ, **(env or {})}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "zimage_sse",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--model",
+            model,
+            "--data-dir",
+            str(data_dir),
+            "--models-dir",
+            str(models_dir),
+            "--device",
+            "cpu",
+        ],
+        cwd=ROOT,
+        env=environment,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    server = Server(f"http://127.0.0.1:{port}", data_dir, process, log)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.logs()}")
+        try:
+            if httpx.get(f"{server.url}/api/jobs", timeout=2).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)  # polling for the port to open; not a stand-in for synchronisation
+    server.stop()
+    raise RuntimeError(f"server did not start:\n{server.logs()}")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Server]:
+    """One tiny-model server shared by tests that only add jobs of their own."""
+    srv = start_server(tmp_path_factory.mktemp("server"), models_dir)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def make_server(tmp_path: Path, models_dir: Path) -> Iterator[Callable[..., Server]]:
+    """Servers of a test's own, for settings or states other tests must not see."""
+    started: list[Server] = []
+
+    def make(**env: str) -> Server:
+        srv = start_server(
+            tmp_path / f"server{len(started)}",
+            models_dir,
+            env={f"ZIMAGE_SSE_{k.upper()}": v for k, v in env.items()},
+        )
+        started.append(srv)
+        return srv
+
+    yield make
+    for srv in started:
+        srv.stop()
+
+
+@dataclass(frozen=True)
+class SSE:
+    id: str | None
+    event: str
+    data: str
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+
+def read_sse(response: httpx.Response, until: Callable[[SSE], bool] | None = None) -> list[SSE]:
+    """Parse an SSE response (per the WHATWG spec's field rules) until it ends or `until` says stop."""
+    events: list[SSE] = []
+    event_id: str | None = None
+    kind, data = "", list[str]()
+    for line in response.iter_lines():
+        if line == "":
+            if data or kind:
+                item = SSE(event_id, kind or "message", "\n".join(data))
+                events.append(item)
+                if until is not None and until(item):
+                    return events
+            kind, data = "", []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "data":
+            data.append(value)
+        elif field == "event":
+            kind = value
+        elif field == "id":
+            event_id = value
+    return events
+
+
+def submit(client: httpx.Client, **params: Any) -> dict[str, Any]:
+    body = {"prompt": "a lighthouse in a storm", "width": 256, "height": 256, **params}
+    response = client.post("/api/jobs", json=body)
+    assert response.status_code == 201, response.text
+    job: dict[str, Any] = response.json()
+    return job
+
+
+def follow(client: httpx.Client, job_id: str, headers: dict[str, str] | None = None) -> list[SSE]:
+    """Every event of a job's stream, from its first to its terminal one (the server closes it)."""
+    with client.stream("GET", f"/api/jobs/{job_id}/events", headers=headers) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        return read_sse(response)

@@ -1,0 +1,71 @@
+"""create_app(settings): builds everything; the lifespan owns start and stop. Nothing happens at import."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
+
+from .broadcaster import Broadcaster
+from .config import Settings
+from .db import Store
+from .jobs import JobManager
+from .routes import api, pages, streams
+from .templating import make_templates
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+STATIC_DIR = ROOT / "static"
+VENDOR_DIR = ROOT / "node_modules" / "htmx.org" / "dist"
+
+
+def create_app(settings: Settings) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # The worker is the only module that imports torch; the web tier never touches it.
+        from .worker import Worker
+
+        settings.images_dir.mkdir(parents=True, exist_ok=True)
+        store = await Store.open(settings.db_path)
+        worker = Worker(
+            settings.model, settings.model_cache, settings.images_dir, settings.device, settings.dtype
+        )
+        manager = JobManager(
+            store, worker, Broadcaster(settings.subscriber_queue), replay_events=settings.replay_events
+        )
+        await manager.start()
+        app.state.manager = manager
+        logger.info(
+            "serving model %r on %s (%s), data in %s",
+            settings.model,
+            worker.device,
+            worker.dtype_name,
+            settings.data_dir,
+        )
+        try:
+            yield
+        finally:
+            await manager.stop()
+            await store.close()
+
+    if not (VENDOR_DIR / "htmx.min.js").exists():
+        logger.error(
+            "htmx is not installed in %s: run scripts/setup.sh (pages will not update live)", VENDOR_DIR
+        )
+    routes = [
+        *pages.routes,
+        *api.routes,
+        *streams.routes,
+        Mount("/static/vendor", app=StaticFiles(directory=VENDOR_DIR, check_dir=False), name="vendor"),
+        Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=api.exception_handlers)
+    app.state.settings = settings
+    app.state.templates = make_templates()
+    return app

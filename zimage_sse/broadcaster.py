@@ -1,0 +1,110 @@
+"""In-process pub/sub from the job manager to every open stream.
+
+Each subscriber has its own bounded queue, so a slow client never slows the worker or other
+clients. A step event replaces an undelivered step of the same job (a slow reader sees the newest
+progress, not a backlog); when the queue is full anyway the subscriber is closed and its client
+resumes with Last-Event-ID, so terminal events are never silently dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from .events import Event
+
+ALL = "*"  # topic that receives every event, including queue-wide ones
+
+
+class Subscription:
+    def __init__(self, maxsize: int) -> None:
+        self._items: deque[Event] = deque()
+        self._maxsize = maxsize
+        self._wake = asyncio.Event()
+        self.closed = False
+        self.overflowed = False
+
+    def offer(self, event: Event) -> None:
+        if self.closed:
+            return
+        if event.kind == "step":
+            for index in range(len(self._items) - 1, -1, -1):
+                queued = self._items[index]
+                if queued.job_id == event.job_id:
+                    if queued.kind == "step":
+                        self._items[index] = event
+                        return
+                    break
+        if len(self._items) >= self._maxsize:
+            self.overflowed = True
+            self.close()
+            return
+        self._items.append(event)
+        self._wake.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake.set()
+
+    def pending(self) -> int:
+        return len(self._items)
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[Event]:
+        while True:
+            while self._items:
+                if self.overflowed:
+                    return  # the client resumes from its Last-Event-ID instead of a partial backlog
+                yield self._items.popleft()
+            if self.closed:
+                return
+            self._wake.clear()
+            await self._wake.wait()
+
+
+class Broadcaster:
+    def __init__(self, maxsize: int = 256) -> None:
+        self._maxsize = maxsize
+        self._topics: dict[str, set[Subscription]] = {}
+
+    @asynccontextmanager
+    async def subscribe(self, topic: str) -> AsyncIterator[Subscription]:
+        subscription = self.open(topic)
+        try:
+            yield subscription
+        finally:
+            self.release(topic, subscription)
+
+    def open(self, topic: str) -> Subscription:
+        """Subscribe synchronously, so a caller can take a snapshot in the same loop turn (no gap)."""
+        subscription = Subscription(self._maxsize)
+        self._topics.setdefault(topic, set()).add(subscription)
+        return subscription
+
+    def release(self, topic: str, subscription: Subscription) -> None:
+        subscription.close()
+        subscribers = self._topics.get(topic)
+        if subscribers is not None:
+            subscribers.discard(subscription)
+            if not subscribers:
+                del self._topics[topic]
+
+    def publish(self, event: Event) -> None:
+        for topic in (event.job_id, ALL):
+            if topic is None:
+                continue
+            for subscription in tuple(self._topics.get(topic, ())):
+                subscription.offer(event)
+
+    def close_all(self) -> None:
+        for subscribers in self._topics.values():
+            for subscription in subscribers:
+                subscription.close()
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(s) for s in self._topics.values())

@@ -1,0 +1,118 @@
+"""Settings: one object built once (from the command line, the environment, or a test) and passed down."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENV_PREFIX = "ZIMAGE_SSE_"
+# Built offline with random weights (zimage_sse/pipeline.py); their images are noise.
+EMBEDDED_MODELS = frozenset({"tiny", "demo"})
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    width: int
+    height: int
+    steps: int
+
+
+# Z-Image-Turbo is distilled for 8 steps at guidance 0 (the model card); sizes follow the H200 profile
+# in shared/data/h200-step-profile.json (768² ≈ 0.8 s, 1024² ≈ 1.4 s, 1536×1024 ≈ 2.2 s per job).
+DEFAULT_PRESETS: tuple[Preset, ...] = (
+    Preset("draft", 768, 768, 8),
+    Preset("standard", 1024, 1024, 8),
+    Preset("large", 1536, 1024, 8),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # "tiny", "demo" (embedded, random weights), a local checkpoint directory, or a hub id.
+    model: str = "demo"
+    device: str = "auto"  # auto → cuda when available, else cpu
+    dtype: str = "auto"  # auto → bfloat16 on cuda, float32 on cpu
+    data_dir: Path = Path("data")
+    # Where the embedded models are built; default: <data_dir>/models.
+    models_dir: Path | None = None
+    default_steps: int = 8
+    default_guidance: float = 0.0
+    default_width: int = 1024
+    default_height: int = 1024
+    size_multiple: int = 16
+    min_size: int = 64
+    max_size: int = 2048
+    max_pixels: int = 2048 * 2048
+    max_steps: int = 100
+    max_images: int = 4
+    max_prompt_chars: int = 2000
+    max_guidance: float = 20.0
+    heartbeat_s: float = 15.0
+    # Per-subscriber queue length before a slow SSE client is disconnected (it can resume).
+    subscriber_queue: int = 256
+    # Events kept per job for Last-Event-ID replay.
+    replay_events: int = 512
+    presets: tuple[Preset, ...] = field(default=DEFAULT_PRESETS)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "zimage-sse.db"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    @property
+    def model_cache(self) -> Path:
+        return self.models_dir if self.models_dir is not None else self.data_dir / "models"
+
+    def with_overrides(self, **values: object) -> Settings:
+        clean = {k: v for k, v in values.items() if v is not None}
+        return dataclasses.replace(self, **clean)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from ZIMAGE_SSE_* variables (e.g. ZIMAGE_SSE_MODEL, ZIMAGE_SSE_MAX_STEPS)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            values[f.name] = _parse_env(f.name, raw, f.type)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def _parse_env(name: str, raw: str, type_name: object) -> object:
+    kind = str(type_name)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind in ("Path", "Path | None"):
+            return Path(raw)
+        if kind.startswith("tuple[Preset"):
+            return parse_presets(raw)
+    except ValueError as exc:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r}: {exc}") from exc
+    return raw
+
+
+def parse_presets(raw: str) -> tuple[Preset, ...]:
+    """Parse "draft=768x768:8,standard=1024x1024:8" (steps optional, default 8)."""
+    presets = []
+    for item in raw.split(","):
+        name, _, spec = item.strip().partition("=")
+        size, _, steps = spec.partition(":")
+        width, _, height = size.partition("x")
+        if not name or not width or not height:
+            raise ValueError(f"preset {item!r} is not NAME=WIDTHxHEIGHT[:STEPS]")
+        presets.append(Preset(name, int(width), int(height), int(steps or 8)))
+    return tuple(presets)

@@ -1,0 +1,206 @@
+"""All SQL lives here and in migrations/: one aiosqlite connection per process, WAL mode.
+
+Timings are written once per job, in one transaction with the job's final status (nothing is
+written per step on the hot path).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+_MIGRATION_NAME = re.compile(r"^(\d{3})_[\w-]+\.sql$")
+
+JOB_COLUMNS = (
+    "id",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "status",
+    "prompt",
+    "negative_prompt",
+    "width",
+    "height",
+    "steps",
+    "guidance",
+    "seed",
+    "num_images",
+    "model",
+    "device",
+    "dtype",
+    "warm_up",
+    "error",
+    "images",
+)
+
+
+def migrations(directory: Path = MIGRATIONS_DIR) -> list[tuple[int, Path]]:
+    found = []
+    for path in sorted(directory.iterdir()):
+        match = _MIGRATION_NAME.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    numbers = [n for n, _ in found]
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise RuntimeError(f"migrations in {directory} must be numbered 001, 002, … without gaps: {numbers}")
+    return found
+
+
+class Store:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    @classmethod
+    async def open(cls, path: Path, migrations_dir: Path = MIGRATIONS_DIR) -> Store:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = await aiosqlite.connect(path)
+        conn.row_factory = sqlite3.Row
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute("PRAGMA foreign_keys=ON")
+        await conn.execute("PRAGMA synchronous=NORMAL")
+        store = cls(conn)
+        await store.migrate(migrations_dir)
+        return store
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    async def schema_version(self) -> int:
+        async with self._conn.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def migrate(self, directory: Path = MIGRATIONS_DIR) -> int:
+        """Apply every migration newer than PRAGMA user_version, each in its own transaction."""
+        current = await self.schema_version()
+        for number, path in migrations(directory):
+            if number <= current:
+                continue
+            script = path.read_text()
+            # executescript commits first; BEGIN … COMMIT makes the migration and its version one unit.
+            await self._conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+            current = number
+        return current
+
+    async def insert_job(self, row: Mapping[str, Any]) -> None:
+        values = {c: row.get(c) for c in JOB_COLUMNS}
+        values["images"] = json.dumps(list(row.get("images") or []))
+        names = ", ".join(JOB_COLUMNS)
+        marks = ", ".join(f":{c}" for c in JOB_COLUMNS)
+        await self._conn.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", values)
+        await self._conn.commit()
+
+    async def mark_started(self, job_id: str, started_at: float, device: str, dtype: str) -> None:
+        await self._conn.execute(
+            "UPDATE jobs SET status = 'running', started_at = ?, device = ?, dtype = ? WHERE id = ?",
+            (started_at, device, dtype, job_id),
+        )
+        await self._conn.commit()
+
+    async def finish_job(
+        self,
+        job_id: str,
+        *,
+        status: str,
+        finished_at: float,
+        error: str | None = None,
+        images: Sequence[str] = (),
+        step_s: Sequence[float] = (),
+        phases: Mapping[str, float] | None = None,
+        warm_up: bool | None = None,
+    ) -> None:
+        """The job's end state and all of its timings, in one transaction."""
+        try:
+            await self._conn.execute(
+                "UPDATE jobs SET status = ?, finished_at = ?, error = ?, images = ?, warm_up = ?"
+                " WHERE id = ?",
+                (
+                    status,
+                    finished_at,
+                    error,
+                    json.dumps(list(images)),
+                    None if warm_up is None else int(warm_up),
+                    job_id,
+                ),
+            )
+            await self._conn.executemany(
+                "INSERT INTO step_timings (job_id, step, seconds) VALUES (?, ?, ?)",
+                [(job_id, index, seconds) for index, seconds in enumerate(step_s, start=1)],
+            )
+            await self._conn.executemany(
+                "INSERT INTO phase_timings (job_id, phase, seconds) VALUES (?, ?, ?)",
+                [(job_id, phase, seconds) for phase, seconds in (phases or {}).items()],
+            )
+            await self._conn.commit()
+        except BaseException:
+            await self._conn.rollback()
+            raise
+
+    async def fail_interrupted(self, finished_at: float, reason: str) -> int:
+        cursor = await self._conn.execute(
+            "UPDATE jobs SET status = 'failed', finished_at = ?, error = ? WHERE status = 'running'",
+            (finished_at, reason),
+        )
+        await self._conn.commit()
+        return cursor.rowcount
+
+    async def get_job(self, job_id: str) -> dict[str, Any] | None:
+        rows = await self._select("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return rows[0] if rows else None
+
+    async def list_jobs(
+        self, *, limit: int = 50, offset: int = 0, status: str | None = None
+    ) -> list[dict[str, Any]]:
+        if status is None:
+            return await self._select(
+                "SELECT * FROM jobs ORDER BY created_at DESC LIMIT ? OFFSET ?", (limit, offset)
+            )
+        return await self._select(
+            "SELECT * FROM jobs WHERE status = ? ORDER BY created_at DESC LIMIT ? OFFSET ?",
+            (status, limit, offset),
+        )
+
+    async def queued_jobs(self) -> list[dict[str, Any]]:
+        return await self._select("SELECT * FROM jobs WHERE status = 'queued' ORDER BY created_at, rowid", ())
+
+    async def step_timings(self, job_id: str) -> list[float]:
+        rows = await self._select(
+            "SELECT seconds FROM step_timings WHERE job_id = ? ORDER BY step", (job_id,)
+        )
+        return [float(r["seconds"]) for r in rows]
+
+    async def phase_timings(self, job_id: str) -> dict[str, float]:
+        rows = await self._select("SELECT phase, seconds FROM phase_timings WHERE job_id = ?", (job_id,))
+        return {str(r["phase"]): float(r["seconds"]) for r in rows}
+
+    async def latest_phase_rates(self, phases: Iterable[str]) -> dict[str, float]:
+        """Seconds per megapixel of each phase in the most recent finished job that timed it."""
+        rates: dict[str, float] = {}
+        for phase in phases:
+            rows = await self._select(
+                "SELECT p.seconds * 1e6 / (j.width * j.height * j.num_images) AS rate"
+                " FROM phase_timings p JOIN jobs j ON j.id = p.job_id"
+                " WHERE p.phase = ? AND j.status = 'done' ORDER BY j.finished_at DESC LIMIT 1",
+                (phase,),
+            )
+            if rows:
+                rates[phase] = float(rows[0]["rate"])
+        return rates
+
+    async def _select(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        async with self._conn.execute(sql, params) as cursor:
+            rows = await cursor.fetchall()
+        result = []
+        for row in rows:
+            record = dict(row)
+            if "images" in record:
+                record["images"] = json.loads(record["images"])
+            result.append(record)
+        return result

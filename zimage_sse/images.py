@@ -1,0 +1,48 @@
+"""PNG files: written under a temporary name and renamed, so a half-written image is never visible."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from .params import JobParams
+
+JOB_ID = re.compile(r"^[0-9a-f]{16}$")
+
+
+def image_name(job_id: str, index: int) -> str:
+    return f"{job_id}-{index}.png"
+
+
+def a1111_parameters(params: JobParams, model: str) -> str:
+    """The `parameters` text chunk that AUTOMATIC1111-compatible tools read."""
+    lines = [params.prompt]
+    if params.negative_prompt:
+        lines.append(f"Negative prompt: {params.negative_prompt}")
+    lines.append(
+        f"Steps: {params.steps}, Sampler: FlowMatchEuler, CFG scale: {params.guidance:g}, "
+        f"Seed: {params.seed}, Size: {params.width}x{params.height}, Model: {model}"
+    )
+    return "\n".join(lines)
+
+
+def save_png(image: Image.Image, path: Path, params: JobParams, meta: dict[str, Any]) -> None:
+    info = PngInfo()
+    info.add_text("parameters", a1111_parameters(params, str(meta.get("model", ""))))
+    info.add_text("zimage-sse", json.dumps({**params.to_dict(), **meta}, sort_keys=True))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with partial.open("wb") as handle:
+            image.save(handle, format="PNG", pnginfo=info)
+            handle.flush()
+            os.fsync(handle.fileno())
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)

@@ -1,0 +1,500 @@
+"""The job manager: the one central object between the web tier, the worker, the store and the streams.
+
+It owns the FIFO queue, the in-memory state of every live job (what a snapshot shows), the
+per-job replay buffers, and it turns what the worker reports into published events. Everything
+here runs on the event loop; the worker runs in its executor thread and reaches us only through
+`loop.call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .broadcaster import ALL, Broadcaster, Subscription
+from .db import Store
+from .eta import FinishTimes, remaining_seconds
+from .events import TERMINAL, Cancelled, Event, JobFailed
+from .params import JobParams
+
+logger = logging.getLogger(__name__)
+
+Emit = Callable[[str, dict[str, Any]], None]
+
+
+class JobNotFound(Exception):
+    pass
+
+
+class JobFinished(Exception):
+    """The job has already ended, so it cannot be cancelled."""
+
+
+class Runner(Protocol):
+    """What the manager needs from a worker (zimage_sse.worker.Worker), without importing torch."""
+
+    model: str
+    device: str
+
+    @property
+    def dtype_name(self) -> str: ...
+
+    def run(self, job_id: str, params: JobParams, emit: Emit, cancel: threading.Event) -> Any: ...
+
+
+@dataclass
+class JobState:
+    """Everything a client needs to draw a job; `snapshot()` is the `snapshot` event's payload."""
+
+    id: str
+    params: JobParams
+    status: str
+    model: str
+    created_at: float
+    device: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    phase: str | None = None
+    step: int = 0
+    step_s: list[float] = field(default_factory=list)
+    eta_s: float | None = None
+    position: int | None = None
+    images: list[str] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    seq: int = 0
+    cancel: threading.Event = field(default_factory=threading.Event)
+    # Wall-clock time of the last ETA, so elapsed and the ETA agree on when they were measured.
+    eta_at: float | None = None
+    progress_floor: float = 0.0
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def pixels(self) -> int:
+        return self.params.width * self.params.height * self.params.num_images
+
+    def elapsed_s(self, now: float | None = None) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at if self.finished_at is not None else (now or time.time())
+        return max(0.0, end - self.started_at)
+
+    def remaining_s(self, now: float | None = None) -> float | None:
+        """The last ETA, counted down by the time since it was made."""
+        if self.terminal:
+            return 0.0
+        if self.eta_s is None or self.eta_at is None:
+            return None
+        return max(0.0, self.eta_s - ((now or time.time()) - self.eta_at))
+
+    def percent(self, now: float | None = None) -> float:
+        """Time-based progress, elapsed / (elapsed + remaining), so decode does not make the bar jump.
+
+        It never goes back: when a new estimate is longer than the last, the ETA grows and the bar
+        waits for time to catch up instead of retreating.
+        """
+        if self.status == "done":
+            return 100.0
+        elapsed, remaining = self.elapsed_s(now), self.remaining_s(now)
+        if elapsed is not None and remaining is not None and elapsed + remaining > 0:
+            self.progress_floor = max(self.progress_floor, min(99.9, 100.0 * elapsed / (elapsed + remaining)))
+        return self.progress_floor
+
+    def snapshot(self) -> dict[str, Any]:
+        now = time.time()
+        elapsed = self.elapsed_s(now)
+        remaining = self.remaining_s(now)
+        return {
+            "id": self.id,
+            "status": self.status,
+            "params": self.params.to_dict(),
+            "model": self.model,
+            "device": self.device,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "position": self.position,
+            "phase": self.phase,
+            "step": self.step,
+            "total": self.params.steps,
+            "step_s": self.step_s[-1] if self.step_s else None,
+            "elapsed_s": None if elapsed is None else round(elapsed, 3),
+            "eta_s": None if remaining is None else round(remaining, 3),
+            "percent": round(self.percent(now), 1),
+            "images": [image_url(name) for name in self.images],
+            "phases": {k: round(v, 4) for k, v in self.phases.items()},
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> JobState:
+        return cls(
+            id=row["id"],
+            params=JobParams.from_dict(row),
+            status=row["status"],
+            model=row["model"],
+            created_at=row["created_at"],
+            device=row["device"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            images=list(row["images"]),
+            error=row["error"],
+            step=row["steps"] if row["status"] == "done" else 0,
+        )
+
+
+def image_url(name: str) -> str:
+    return f"/images/{name}"
+
+
+class JobManager:
+    def __init__(
+        self,
+        store: Store,
+        runner: Runner,
+        broadcaster: Broadcaster,
+        *,
+        replay_events: int = 512,
+        keep_finished: int = 200,
+    ) -> None:
+        self.store = store
+        self.runner = runner
+        self.broadcaster = broadcaster
+        self._replay_events = replay_events
+        self._keep_finished = keep_finished
+        self._jobs: OrderedDict[str, JobState] = OrderedDict()
+        self._history: dict[str, deque[Event]] = {}
+        self._global: deque[Event] = deque(maxlen=replay_events)
+        self._pending: list[str] = []
+        self._running: str | None = None
+        self._wakeup = asyncio.Event()
+        self._gseq = 0
+        self._finish = FinishTimes()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"worker-{runner.device}")
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        interrupted = await self.store.fail_interrupted(
+            time.time(), "The server stopped while this job was running."
+        )
+        if interrupted:
+            logger.warning("marked %d interrupted job(s) as failed", interrupted)
+        for row in await self.store.queued_jobs():
+            state = JobState.from_row(row)
+            self._remember(state)
+            self._pending.append(state.id)
+        self._finish.per_mpx.update(await self.store.latest_phase_rates(("decoding", "saving")))
+        self._renumber()
+        self._task = asyncio.create_task(self._run_queue(), name="job-queue")
+
+    async def stop(self) -> None:
+        """Stop taking queued jobs, cancel the running one, and end every open stream."""
+        if self._running is not None:
+            self._jobs[self._running].cancel.set()
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self.broadcaster.close_all()
+
+    # -- queries -----------------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> JobState:
+        state = self._jobs.get(job_id)
+        if state is not None:
+            return state
+        row = await self.store.get_job(job_id)
+        if row is None:
+            raise JobNotFound(job_id)
+        state = JobState.from_row(row)
+        state.phases = await self.store.phase_timings(job_id)
+        state.step_s = await self.store.step_timings(job_id)
+        return state
+
+    def running(self) -> JobState | None:
+        return self._jobs[self._running] if self._running is not None else None
+
+    def queued(self) -> list[JobState]:
+        return [self._jobs[job_id] for job_id in self._pending]
+
+    def queue_snapshot(self) -> dict[str, Any]:
+        running = self.running()
+        return {
+            "running": running.snapshot() if running else None,
+            "queued": [state.snapshot() for state in self.queued()],
+        }
+
+    # -- commands ----------------------------------------------------------------------------
+
+    async def submit(self, params: JobParams) -> JobState:
+        state = JobState(
+            id=secrets.token_hex(8),
+            params=params,
+            status="queued",
+            model=self.runner.model,
+            created_at=time.time(),
+        )
+        await self.store.insert_job(
+            {
+                **params.to_dict(),
+                "id": state.id,
+                "status": state.status,
+                "model": state.model,
+                "created_at": state.created_at,
+            }
+        )
+        self._remember(state)
+        self._pending.append(state.id)
+        self._queue_changed()
+        self._wakeup.set()
+        logger.info(
+            "job %s queued at position %s: %dx%d, %d steps",
+            state.id,
+            state.position,
+            params.width,
+            params.height,
+            params.steps,
+        )
+        return state
+
+    async def cancel(self, job_id: str) -> JobState:
+        state = await self.get(job_id)
+        if state.terminal:
+            raise JobFinished(job_id)
+        if state.status == "queued" and job_id in self._pending:
+            self._pending.remove(job_id)
+            await self._finish_job(state, "cancelled", error="Cancelled before it started.")
+            self._queue_changed()
+        else:
+            # The worker checks this at the next step and stops without decoding.
+            logger.info("job %s: cancel requested while %s", job_id, state.phase)
+            state.cancel.set()
+        return state
+
+    # -- streams -----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def follow(
+        self, job_id: str, last_event_id: str | None = None
+    ) -> AsyncIterator[tuple[list[Event], Subscription | None]]:
+        """What a job's stream sends: the events a client missed (or a snapshot), then live events.
+
+        The replay and the subscription are taken in one loop turn, so nothing falls between them.
+        The subscription is None when the job has already ended.
+        """
+        state = await self.get(job_id)
+        first = self._replay(job_id, last_event_id)
+        if first is None:
+            first = [Event("snapshot", state.snapshot(), job_id=job_id, seq=state.seq)]
+        if state.terminal or any(event.terminal for event in first):
+            yield first, None
+            return
+        async with self.broadcaster.subscribe(job_id) as subscription:
+            yield first, subscription
+
+    @asynccontextmanager
+    async def follow_all(
+        self, last_event_id: str | None = None
+    ) -> AsyncIterator[tuple[list[Event], Subscription]]:
+        first = self._replay_global(last_event_id)
+        if first is None:
+            first = [Event("snapshot", self.queue_snapshot(), gseq=self._gseq)]
+        async with self.broadcaster.subscribe(ALL) as subscription:
+            yield first, subscription
+
+    def _replay(self, job_id: str, last_event_id: str | None) -> list[Event] | None:
+        last = _parse_id(last_event_id)
+        history = self._history.get(job_id)
+        if last is None or history is None:
+            return None
+        state = self._jobs[job_id]
+        if last >= state.seq:
+            return [] if last == state.seq else None
+        if not history or history[0].seq > last + 1:
+            return None  # the buffer no longer reaches back: a fresh snapshot instead
+        return [event for event in history if event.seq > last]
+
+    def _replay_global(self, last_event_id: str | None) -> list[Event] | None:
+        last = _parse_id(last_event_id)
+        if last is None or last > self._gseq:
+            return None
+        if last == self._gseq:
+            return []
+        if not self._global or self._global[0].gseq > last + 1:
+            return None
+        return [event for event in self._global if event.gseq > last]
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _remember(self, state: JobState) -> None:
+        self._jobs[state.id] = state
+        self._history[state.id] = deque(maxlen=self._replay_events)
+        finished = [job_id for job_id, s in self._jobs.items() if s.terminal]
+        for job_id in finished[: max(0, len(finished) - self._keep_finished)]:
+            del self._jobs[job_id]
+            self._history.pop(job_id, None)
+
+    def _publish(self, state: JobState | None, kind: str, data: dict[str, Any]) -> Event:
+        self._gseq += 1
+        if state is not None:
+            state.seq += 1
+        event = Event(
+            kind, data, job_id=state.id if state else None, seq=state.seq if state else 0, gseq=self._gseq
+        )
+        if state is not None:
+            self._history[state.id].append(event)
+        self._global.append(event)
+        self.broadcaster.publish(event)
+        return event
+
+    def _renumber(self) -> None:
+        for position, job_id in enumerate(self._pending, start=1):
+            self._jobs[job_id].position = position
+
+    def _queue_changed(self) -> None:
+        self._renumber()
+        for state in self.queued():
+            self._publish(
+                state,
+                "queued",
+                {
+                    "position": state.position,
+                    "queue_length": len(self._pending),
+                    "predicted_start_s": None,
+                    "predicted_total_s": None,
+                },
+            )
+        self._publish(None, "queue", {"running": self._running, "queued": list(self._pending)})
+
+    async def _run_queue(self) -> None:
+        while True:
+            if not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            job_id = self._pending.pop(0)
+            try:
+                await self._execute(self._jobs[job_id])
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The queue must survive anything one job does, or every later job waits forever.
+                logger.exception("job %s: unexpected error in the job manager", job_id)
+
+    async def _execute(self, state: JobState) -> None:
+        loop = asyncio.get_running_loop()
+        self._running = state.id
+        state.status = "running"
+        state.position = None
+        state.device = self.runner.device
+        state.started_at = time.time()
+        await self.store.mark_started(state.id, state.started_at, self.runner.device, self.runner.dtype_name)
+        self._queue_changed()
+
+        def emit(kind: str, data: dict[str, Any]) -> None:
+            loop.call_soon_threadsafe(self._on_worker_event, state, kind, data)
+
+        status, error, outcome = "done", None, None
+        try:
+            outcome = await loop.run_in_executor(
+                self._executor, self.runner.run, state.id, state.params, emit, state.cancel
+            )
+        except asyncio.CancelledError:
+            state.cancel.set()
+            raise
+        except Cancelled:
+            status, error = "cancelled", "Cancelled while running."
+        except JobFailed as exc:
+            status, error = "failed", exc.reason
+        except Exception as exc:
+            logger.exception("job %s: the runner raised", state.id)
+            status, error = "failed", f"{type(exc).__name__}: {exc}"
+        finally:
+            self._running = None
+        if outcome is not None:
+            state.images = list(outcome.images)
+            state.step_s = list(outcome.step_s)
+            state.phases.update(outcome.phases)
+            for phase in ("decoding", "saving"):
+                if phase in outcome.phases:
+                    self._finish.learn(phase, outcome.phases[phase], state.pixels)
+        await self._finish_job(state, status, error=error, warm_up=outcome.warm_up if outcome else None)
+        self._queue_changed()
+
+    async def _finish_job(
+        self, state: JobState, status: str, *, error: str | None = None, warm_up: bool | None = None
+    ) -> None:
+        state.status = status
+        state.error = error
+        state.finished_at = time.time()
+        state.phase = None
+        state.eta_s = 0.0
+        await self.store.finish_job(
+            state.id,
+            status=status,
+            finished_at=state.finished_at,
+            error=error,
+            images=state.images,
+            step_s=state.step_s,
+            phases=state.phases,
+            warm_up=warm_up,
+        )
+        payload: dict[str, Any] = {"status": status, "elapsed_s": state.elapsed_s(), "error": error}
+        if status == "done":
+            payload.update(
+                images=[image_url(name) for name in state.images],
+                phases={k: round(v, 4) for k, v in state.phases.items()},
+                step_s=[round(s, 4) for s in state.step_s],
+            )
+        logger.info("job %s %s%s", state.id, status, f": {error}" if error else "")
+        self._publish(state, status, payload)
+
+    def _on_worker_event(self, state: JobState, kind: str, data: dict[str, Any]) -> None:
+        if state.terminal:
+            return
+        now = time.time()
+        if kind == "phase":
+            state.phase = data["phase"]
+            if state.phase == "decoding" and state.step_s:
+                state.eta_s = self._finish.estimate(state.pixels, state.step_s[-1])
+                state.eta_at = now
+            self._publish(state, "phase", {"phase": state.phase})
+        elif kind == "step":
+            state.step = data["step"]
+            state.step_s.append(data["step_s"])
+            state.eta_s = remaining_seconds(state.step_s, state.params.steps, state.pixels, self._finish)
+            state.eta_at = now
+            elapsed = state.elapsed_s(now)
+            self._publish(
+                state,
+                "step",
+                {
+                    **data,
+                    "elapsed_s": None if elapsed is None else round(elapsed, 3),
+                    "eta_s": None if state.eta_s is None else round(state.eta_s, 3),
+                    "percent": round(state.percent(now), 1),
+                },
+            )
+        else:
+            self._publish(state, kind, data)
+
+
+def _parse_id(value: str | None) -> int | None:
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value.strip())

@@ -1,0 +1,1 @@
+"""HTTP routes: pages (HTML), api (JSON) and streams (SSE). None of them imports torch."""

@@ -1,0 +1,130 @@
+"""Server-Sent Events: JSON feeds for curl, EventSource and the CLI; HTML fragments for htmx pages.
+
+Every stream starts with what the client is missing (a snapshot, or the events after its
+Last-Event-ID) and a job's stream closes after its terminal event. HTML streams render the same
+partial templates as the first page load, from the job's current state.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..broadcaster import Subscription
+from ..events import Event
+from .api import job_id_of, manager_of, settings_of
+
+# htmx's hx-sse extension closes the connection on this named event (hx-sse:close="end").
+END = ServerSentEvent(data="", event="end")
+
+
+def json_event(event: Event, *, global_ids: bool = False) -> ServerSentEvent:
+    data = {"job_id": event.job_id, **event.data} if event.job_id else event.data
+    return ServerSentEvent(
+        data=json.dumps(data, separators=(",", ":")),
+        event=event.kind,
+        id=str(event.gseq if global_ids else event.seq),
+    )
+
+
+async def _events(
+    first: list[Event], subscription: Subscription | None, stop_at_terminal: bool
+) -> AsyncIterator[Event]:
+    for event in first:
+        yield event
+        if stop_at_terminal and event.terminal:
+            return
+    if subscription is None:
+        return
+    async for event in subscription:
+        yield event
+        if stop_at_terminal and event.terminal:
+            return
+
+
+def _response(request: Request, body: AsyncIterator[ServerSentEvent]) -> Response:
+    return EventSourceResponse(
+        body,
+        ping=settings_of(request).heartbeat_s,
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+async def job_events(request: Request) -> Response:
+    """GET /api/jobs/{id}/events: snapshot, then queued/phase/step events, then done|failed|cancelled."""
+    manager, job_id = manager_of(request), job_id_of(request)
+    await manager.get(job_id)  # a 404 before the stream starts, not an empty stream
+
+    async def body() -> AsyncIterator[ServerSentEvent]:
+        async with manager.follow(job_id, request.headers.get("last-event-id")) as (first, subscription):
+            async for event in _events(first, subscription, stop_at_terminal=True):
+                yield json_event(event)
+
+    return _response(request, body())
+
+
+async def all_events(request: Request) -> Response:
+    """GET /api/events: every job's events and queue changes, for dashboards."""
+    manager = manager_of(request)
+
+    async def body() -> AsyncIterator[ServerSentEvent]:
+        async with manager.follow_all(request.headers.get("last-event-id")) as (first, subscription):
+            async for event in _events(first, subscription, stop_at_terminal=False):
+                yield json_event(event, global_ids=True)
+
+    return _response(request, body())
+
+
+def _render(request: Request, template: str, **context: Any) -> str:
+    return str(request.app.state.templates.get_template(template).render(request=request, **context))
+
+
+async def job_fragments(request: Request) -> Response:
+    """GET /jobs/{id}/stream: the job panel re-rendered on every event, then `end`."""
+    manager, job_id = manager_of(request), job_id_of(request)
+    await manager.get(job_id)
+
+    async def body() -> AsyncIterator[ServerSentEvent]:
+        async with manager.follow(job_id, request.headers.get("last-event-id")) as (first, subscription):
+            async for event in _events(first, subscription, stop_at_terminal=True):
+                if subscription is not None and subscription.pending():
+                    continue  # a newer event is already waiting: render once, from the latest state
+                state = await manager.get(job_id)
+                yield ServerSentEvent(
+                    data=_render(request, "_job.html", job=state.snapshot()), id=str(event.seq)
+                )
+            yield END
+
+    return _response(request, body())
+
+
+async def queue_fragments(request: Request) -> Response:
+    """GET /queue/stream: the home page's live queue, re-rendered when anything in it changes."""
+    manager = manager_of(request)
+
+    def render() -> str:
+        return _render(request, "_queue.html", queue=manager.queue_snapshot())
+
+    async def body() -> AsyncIterator[ServerSentEvent]:
+        async with manager.follow_all() as (_first, subscription):
+            yield ServerSentEvent(data=render())
+            async for _event in subscription:
+                if subscription.pending():
+                    continue
+                yield ServerSentEvent(data=render())
+
+    return _response(request, body())
+
+
+routes = [
+    Route("/api/jobs/{job_id}/events", job_events, methods=["GET"]),
+    Route("/api/events", all_events, methods=["GET"]),
+    Route("/jobs/{job_id}/stream", job_fragments, methods=["GET"]),
+    Route("/queue/stream", queue_fragments, methods=["GET"]),
+]

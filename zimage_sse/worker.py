@@ -1,0 +1,185 @@
+"""The GPU side: runs one job at a time on one device and reports each phase and step as it happens.
+
+It takes plain data (a job id and its parameters) and returns plain data; it imports nothing from
+the web tier. Events go out through `emit`, a thread-safe callable that the job manager provides.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+
+from . import images, pipeline
+from .events import Cancelled, JobFailed
+from .params import JobParams
+
+logger = logging.getLogger(__name__)
+
+Emit = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class Outcome:
+    images: list[str]
+    step_s: list[float]
+    phases: dict[str, float]
+    warm_up: bool
+
+
+@dataclass
+class _Timer:
+    sync: Callable[[], None]
+    phases: dict[str, float] = field(default_factory=dict)
+
+    def run(self, phase: str, emit: Emit, action: Callable[[], Any]) -> Any:
+        emit("phase", {"phase": phase})
+        start = time.perf_counter()
+        result = action()
+        self.sync()
+        self.phases[phase] = time.perf_counter() - start
+        return result
+
+
+class Worker:
+    """Owns one device and the pipeline resident on it. Only ever called from one executor thread."""
+
+    def __init__(
+        self, model: str, models_dir: Path, images_dir: Path, device: str = "auto", dtype: str = "auto"
+    ) -> None:
+        self.model = model
+        self.models_dir = models_dir
+        self.images_dir = images_dir
+        self.device = pipeline.resolve_device(device)
+        self.dtype = pipeline.resolve_dtype(dtype, self.device)
+        self._pipe: Any = None
+        self._warm = False
+
+    @property
+    def dtype_name(self) -> str:
+        return pipeline.dtype_name(self.dtype)
+
+    def _sync(self) -> None:
+        # diffusers' Z-Image loop never waits for the GPU, so without this a timestamp measures kernel
+        # launches, about one step ahead (DESIGN.md "Timing truth", shared/data/h200-step-profile.json).
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize(self.device)
+
+    def load(self) -> Any:
+        if self._pipe is None:
+            location = pipeline.model_location(self.model, self.models_dir)
+            self._pipe = pipeline.load_pipeline(location, self.device, self.dtype)
+            self._warm = False
+        return self._pipe
+
+    def run(self, job_id: str, params: JobParams, emit: Emit, cancel: threading.Event) -> Outcome:
+        """Run one job; raises Cancelled, or JobFailed with a readable reason (errors end here, once)."""
+        try:
+            return self._run(job_id, params, emit, cancel)
+        except Cancelled:
+            raise
+        except Exception as exc:
+            logger.exception("job %s failed", job_id)
+            raise JobFailed(describe_error(exc)) from exc
+        finally:
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()  # an out-of-memory job must not starve the next one
+
+    def _run(self, job_id: str, params: JobParams, emit: Emit, cancel: threading.Event) -> Outcome:
+        timer = _Timer(self._sync)
+        pipe = self._pipe if self._pipe is not None else timer.run("loading", emit, self.load)
+        warm_up = not self._warm
+        guided = params.guidance > 0
+
+        def check() -> None:
+            if cancel.is_set():
+                raise Cancelled
+
+        check()
+        positive, negative = timer.run(
+            "encoding",
+            emit,
+            lambda: pipe.encode_prompt(
+                prompt=params.prompt,
+                negative_prompt=params.negative_prompt or None,
+                do_classifier_free_guidance=guided,
+                device=pipe._execution_device,
+            ),
+        )
+        check()
+
+        step_s: list[float] = []
+        last = [0.0]
+
+        def on_step(_pipe: Any, index: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            self._sync()
+            now = time.perf_counter()
+            step_s.append(now - last[0])
+            last[0] = now
+            emit("step", {"step": index + 1, "total": params.steps, "step_s": step_s[-1]})
+            check()
+            return tensors
+
+        def denoise() -> Any:
+            # A CPU generator gives the same noise for a seed on every device.
+            generator = torch.Generator("cpu").manual_seed(params.seed)
+            last[0] = time.perf_counter()
+            return pipe(
+                prompt_embeds=positive,
+                negative_prompt_embeds=negative if guided else None,
+                height=params.height,
+                width=params.width,
+                num_inference_steps=params.steps,
+                guidance_scale=params.guidance,
+                num_images_per_prompt=params.num_images,
+                generator=generator,
+                output_type="latent",
+                callback_on_step_end=on_step,
+            ).images
+
+        latents = timer.run("denoising", emit, denoise)
+        check()
+        pictures = timer.run("decoding", emit, lambda: self._decode(pipe, latents))
+        meta = {
+            "model": self.model,
+            "device": self.device,
+            "dtype": self.dtype_name,
+            "diffusers": diffusers.__version__,
+            "job_id": job_id,
+        }
+
+        def save() -> list[str]:
+            names = []
+            for index, picture in enumerate(pictures):
+                name = images.image_name(job_id, index)
+                images.save_png(picture, self.images_dir / name, params, meta)
+                names.append(name)
+            return names
+
+        names = timer.run("saving", emit, save)
+        self._warm = True
+        return Outcome(images=names, step_s=step_s, phases=timer.phases, warm_up=warm_up)
+
+    @staticmethod
+    def _decode(pipe: Any, latents: Any) -> list[Any]:
+        # What ZImagePipeline.__call__ does after its loop; run here so decode is timed as its own phase.
+        with torch.no_grad():
+            latents = latents.to(pipe.vae.dtype)
+            latents = latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+            decoded = pipe.vae.decode(latents, return_dict=False)[0]
+            return list(pipe.image_processor.postprocess(decoded, output_type="pil"))
+
+
+def describe_error(exc: BaseException) -> str:
+    """A reason a person can act on, for the job's `failed` event and its row."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return "The GPU ran out of memory for this job; try a smaller size or fewer images."
+    text = str(exc).strip() or "no details"
+    return f"{type(exc).__name__}: {text}"
