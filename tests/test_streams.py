@@ -132,7 +132,7 @@ def job_events_path(job_id: str) -> str:
 def watch(server: Server, client: httpx.Client, **params: Any) -> tuple[dict[str, Any], list[SSE]]:
     """Submit a job while the worker is busy and follow it from its queued snapshot to its end."""
     with BusyWorker(client):
-        job = submit(client, **params)
+        job = submit(client, **{**WATCHED_JOB, **params})
         listener = Listener(server, job_events_path(job["id"]))
         listener.wait_for(is_snapshot)
     return job, listener.result()
@@ -317,15 +317,21 @@ def test_last_event_id_resumes_without_gaps_or_duplicates(server: Server) -> Non
         assert terminal.event == "done"
 
         def resume(last_event_id: str) -> list[SSE]:
-            return follow(client, job["id"], headers={"Last-Event-ID": last_event_id})
+            """What a reconnecting client gets; 204 (nothing more, stop reconnecting) reads as no events."""
+            headers = {"Last-Event-ID": last_event_id}
+            with client.stream("GET", job_events_path(job["id"]), headers=headers) as response:
+                assert response.status_code in (200, 204), (last_event_id, response.status_code)
+                return read_sse(response) if response.status_code == 200 else []
 
         # From the middle: exactly what came after it, ending with the terminal event.
         middle = next(e for e in live if e.event == "step" and e.json()["step"] == 3)
         after = [(e.id, e.event, e.data) for e in live if int(str(e.id)) > int(str(middle.id))]
         assert [(e.id, e.event, e.data) for e in resume(str(middle.id))] == after
 
-        # From the terminal event: nothing more, and the stream still closes.
+        # From the terminal event, or past it: nothing more, and above all not the terminal event again.
         assert resume(str(terminal.id)) == []
+        beyond = resume("999999")
+        assert all(e.event == "snapshot" and e.json()["status"] == "done" for e in beyond), beyond
 
         # From 0 (nothing seen): the whole history, with no gap and one terminal event at its end.
         everything = resume("0")
@@ -333,9 +339,9 @@ def test_last_event_id_resumes_without_gaps_or_duplicates(server: Server) -> Non
         assert [e for e in everything if int(str(e.id)) > int(str(live[0].id))] == live[1:]
         assert [e.event for e in everything if e.event in TERMINAL] == ["done"]
 
-        # An id that means nothing here: a fresh snapshot of the finished job, whose id is the last one,
-        # so reconnecting again from it cannot repeat the terminal event.
-        for garbage in ("abc", "-1", "999999"):
+        # An id that means nothing: a fresh snapshot of the finished job, whose id is the last one, so
+        # reconnecting again from it cannot repeat the terminal event.
+        for garbage in ("abc", "-1", ""):
             fresh = resume(garbage)
             assert [e.event for e in fresh] == ["snapshot"], (garbage, fresh)
             assert fresh[0].id == terminal.id
@@ -356,9 +362,9 @@ def test_global_stream_carries_queue_and_job_events(make_server: Callable[..., S
     snapshot = listener.wait_for(is_snapshot)
     assert snapshot.json() == {"running": None, "queued": []}
     with server.client() as client:
-        first = submit(client, steps=4)
+        first = submit(client, **{**WATCHED_JOB, "steps": 4})
         listener.wait_for(lambda e: e.event == "done" and e.json()["job_id"] == first["id"])
-        second = submit(client, steps=4)
+        second = submit(client, **{**WATCHED_JOB, "steps": 4})
     events = listener.result()
 
     assert events[0] == snapshot

@@ -30,12 +30,13 @@ class Subscription:
         if self.closed:
             return
         if event.kind == "step":
+            # Drop the job's undelivered step if it is that job's latest event; the new one goes to
+            # the end, so events stay in publishing order (ids only ever rise on a feed).
             for index in range(len(self._items) - 1, -1, -1):
                 queued = self._items[index]
                 if queued.job_id == event.job_id:
                     if queued.kind == "step":
-                        self._items[index] = event
-                        return
+                        del self._items[index]
                     break
         if len(self._items) >= self._maxsize:
             self.overflowed = True

@@ -66,7 +66,11 @@ class Store:
         await conn.execute("PRAGMA foreign_keys=ON")
         await conn.execute("PRAGMA synchronous=NORMAL")
         store = cls(conn)
-        await store.migrate(migrations_dir)
+        try:
+            await store.migrate(migrations_dir)
+        except BaseException:
+            await conn.close()
+            raise
         return store
 
     async def close(self) -> None:
@@ -84,8 +88,13 @@ class Store:
             if number <= current:
                 continue
             script = path.read_text()
-            # executescript commits first; BEGIN … COMMIT makes the migration and its version one unit.
-            await self._conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+            # executescript commits first; BEGIN … COMMIT makes the migration and its version one unit,
+            # and a failing statement rolls back what the script did before it.
+            try:
+                await self._conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+            except BaseException:
+                await self._conn.rollback()
+                raise
             current = number
         return current
 

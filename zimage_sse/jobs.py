@@ -226,6 +226,11 @@ class JobManager:
         state.step_s = await self.store.step_timings(job_id)
         return state
 
+    async def recent(self, *, limit: int, offset: int = 0, status: str | None = None) -> list[JobState]:
+        """Jobs newest first; live ones as they are in memory, ended ones as stored."""
+        rows = await self.store.list_jobs(limit=limit, offset=offset, status=status)
+        return [self._jobs.get(row["id"]) or JobState.from_row(row) for row in rows]
+
     def running(self) -> JobState | None:
         return self._jobs[self._running] if self._running is not None else None
 
@@ -439,21 +444,24 @@ class JobManager:
     async def _finish_job(
         self, state: JobState, status: str, *, error: str | None = None, warm_up: bool | None = None
     ) -> None:
-        state.status = status
-        state.error = error
-        state.finished_at = time.time()
-        state.phase = None
-        state.eta_s = 0.0
+        finished_at = time.time()
         await self.store.finish_job(
             state.id,
             status=status,
-            finished_at=state.finished_at,
+            finished_at=finished_at,
             error=error,
             images=state.images,
             step_s=state.step_s,
             phases=state.phases,
             warm_up=warm_up,
         )
+        # The in-memory end and its event in one loop turn, after the write: a stream that opens
+        # during the write still sees a live job, subscribes, and so receives the terminal event.
+        state.status = status
+        state.error = error
+        state.finished_at = finished_at
+        state.phase = None
+        state.eta_s = 0.0
         payload: dict[str, Any] = {"status": status, "elapsed_s": state.elapsed_s(), "error": error}
         if status == "done":
             payload.update(

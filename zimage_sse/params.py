@@ -160,7 +160,10 @@ def _float(
     if isinstance(value, bool) or not isinstance(value, int | float):
         errors[name] = "must be a number"
         return None
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a float is out of range too
+        number = math.inf
     if not math.isfinite(number) or not low <= number <= high:
         errors[name] = f"must be between {low:g} and {high:g} (got {value})"
         return None

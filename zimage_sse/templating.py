@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+from starlette.requests import Request
 from starlette.templating import Jinja2Templates
+
+from .config import EMBEDDED_MODELS
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 
@@ -28,8 +32,14 @@ def timestamp(seconds: float | None) -> str:
     return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _base_context(request: Request) -> dict[str, Any]:
+    """What base.html needs on every page, error pages included."""
+    settings = request.app.state.settings
+    return {"settings": settings, "embedded_model": settings.model in EMBEDDED_MODELS}
+
+
 def make_templates() -> Jinja2Templates:
-    templates = Jinja2Templates(directory=TEMPLATES_DIR)
+    templates = Jinja2Templates(directory=TEMPLATES_DIR, context_processors=[_base_context])
     templates.env.filters["duration"] = duration
     templates.env.filters["timestamp"] = timestamp
     templates.env.autoescape = True

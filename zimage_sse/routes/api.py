@@ -54,10 +54,8 @@ async def list_jobs(request: Request) -> Response:
         errors["status"] = "must be one of queued, running, done, failed, cancelled"
     if errors:
         raise InvalidRequest(errors)
-    manager = manager_of(request)
-    rows = await manager.store.list_jobs(limit=limit, offset=offset, status=status)
-    jobs = [(await manager.get(row["id"])).snapshot() for row in rows]
-    return JSONResponse({"jobs": jobs, "limit": limit, "offset": offset})
+    jobs = await manager_of(request).recent(limit=limit, offset=offset, status=status)
+    return JSONResponse({"jobs": [job.snapshot() for job in jobs], "limit": limit, "offset": offset})
 
 
 async def get_job(request: Request) -> Response:

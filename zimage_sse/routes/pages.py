@@ -9,7 +9,6 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from ..config import EMBEDDED_MODELS
 from ..jobs import JobFinished
 from ..params import FIELDS, InvalidRequest, validate
 from .api import job_id_of, manager_of, settings_of
@@ -18,10 +17,8 @@ HISTORY_PAGE = 24
 
 
 def _page(request: Request, template: str, context: dict[str, Any], status_code: int = 200) -> Response:
-    settings = settings_of(request)
-    base = {"settings": settings, "embedded_model": settings.model in EMBEDDED_MODELS}
     return request.app.state.templates.TemplateResponse(  # type: ignore[no-any-return]
-        request, template, {**base, **context}, status_code=status_code
+        request, template, context, status_code=status_code
     )
 
 
@@ -41,7 +38,7 @@ def _form_defaults(request: Request) -> dict[str, Any]:
 
 async def home(request: Request) -> Response:
     manager = manager_of(request)
-    recent = await manager.store.list_jobs(limit=6, status="done")
+    recent = [job.snapshot() for job in await manager.recent(limit=6, status="done")]
     return _page(
         request,
         "home.html",
@@ -91,10 +88,16 @@ async def cancel_form(request: Request) -> Response:
 async def history(request: Request) -> Response:
     raw = request.query_params.get("page", "1")
     page = int(raw) if raw.isdigit() and int(raw) > 0 else 1
-    manager = manager_of(request)
-    rows = await manager.store.list_jobs(limit=HISTORY_PAGE + 1, offset=(page - 1) * HISTORY_PAGE)
-    jobs = [(await manager.get(row["id"])).snapshot() for row in rows[:HISTORY_PAGE]]
-    return _page(request, "history.html", {"jobs": jobs, "page": page, "has_next": len(rows) > HISTORY_PAGE})
+    jobs = await manager_of(request).recent(limit=HISTORY_PAGE + 1, offset=(page - 1) * HISTORY_PAGE)
+    return _page(
+        request,
+        "history.html",
+        {
+            "jobs": [job.snapshot() for job in jobs[:HISTORY_PAGE]],
+            "page": page,
+            "has_next": len(jobs) > HISTORY_PAGE,
+        },
+    )
 
 
 routes = [

@@ -59,10 +59,19 @@ def _response(request: Request, body: AsyncIterator[ServerSentEvent]) -> Respons
 async def job_events(request: Request) -> Response:
     """GET /api/jobs/{id}/events: snapshot, then queued/phase/step events, then done|failed|cancelled."""
     manager, job_id = manager_of(request), job_id_of(request)
-    await manager.get(job_id)  # a 404 before the stream starts, not an empty stream
+    last_event_id = request.headers.get("last-event-id")
+    state = await manager.get(job_id)  # a 404 before the stream starts, not an empty stream
+    if (
+        state.terminal
+        and last_event_id is not None
+        and last_event_id.isdigit()
+        and int(last_event_id) >= state.seq
+    ):
+        # The client has seen the end already; 204 tells EventSource to stop reconnecting.
+        return Response(status_code=204)
 
     async def body() -> AsyncIterator[ServerSentEvent]:
-        async with manager.follow(job_id, request.headers.get("last-event-id")) as (first, subscription):
+        async with manager.follow(job_id, last_event_id) as (first, subscription):
             async for event in _events(first, subscription, stop_at_terminal=True):
                 yield json_event(event)
 
