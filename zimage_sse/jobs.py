@@ -209,7 +209,8 @@ class JobManager:
             self._task.cancel()
             with suppress(asyncio.CancelledError):
                 await self._task
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        # The worker stops at its next step; wait for it off the loop, which still serves streams.
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
         self.broadcaster.close_all()
 
     # -- queries -----------------------------------------------------------------------------
