@@ -10,7 +10,11 @@ from typing import Any
 
 import pytest
 
-from zimage_sse.db import MIGRATIONS_DIR, Store
+from zimage_sse.db import MIGRATIONS_DIR, Store, migrations
+
+# What this release ships, and the number the next release's migration would take.
+SHIPPED = len(migrations())
+NEXT = SHIPPED + 1
 
 JOB_ID = "0123456789abcdef"
 
@@ -61,7 +65,7 @@ def extended_migrations(tmp_path: Path) -> Path:
     directory.mkdir()
     for path in MIGRATIONS_DIR.glob("*.sql"):
         shutil.copy(path, directory / path.name)
-    (directory / "002_test.sql").write_text("ALTER TABLE jobs ADD COLUMN note TEXT;\n")
+    (directory / f"{NEXT:03d}_test.sql").write_text("ALTER TABLE jobs ADD COLUMN note TEXT;\n")
     return directory
 
 
@@ -85,7 +89,7 @@ async def test_a_new_migration_keeps_existing_data(
 ) -> None:
     await store.insert_job(job_row())
 
-    assert await store.migrate(extended_migrations) == 2
+    assert await store.migrate(extended_migrations) == NEXT
 
     job = await store.get_job(JOB_ID)
     assert job is not None
@@ -93,7 +97,7 @@ async def test_a_new_migration_keeps_existing_data(
     assert job["seed"] == 42
     assert job["note"] is None
     with plain(db_path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (NEXT,)
         assert "note" in columns(conn, "jobs")
         assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (1,)
 
@@ -104,11 +108,11 @@ async def test_migrating_again_changes_nothing(
     await store.insert_job(job_row())
     await store.migrate(extended_migrations)
 
-    # Re-running 002 would fail ("duplicate column name: note"), so success means it was skipped.
-    assert await store.migrate(extended_migrations) == 2
+    # Re-running the new migration would fail ("duplicate column name: note"), so success means it was skipped.
+    assert await store.migrate(extended_migrations) == NEXT
     reopened = await Store.open(db_path, extended_migrations)
     try:
-        assert await reopened.schema_version() == 2
+        assert await reopened.schema_version() == NEXT
         assert [job["id"] for job in await reopened.list_jobs()] == [JOB_ID]
     finally:
         await reopened.close()
@@ -119,13 +123,14 @@ async def test_migrating_again_changes_nothing(
 async def test_a_gap_in_migration_numbers_raises(store: Store, db_path: Path, tmp_path: Path) -> None:
     directory = tmp_path / "gappy"
     directory.mkdir()
-    shutil.copy(MIGRATIONS_DIR / "001_init.sql", directory / "001_init.sql")
-    (directory / "003_skipped_two.sql").write_text("CREATE TABLE notes (text TEXT);\n")
+    for path in MIGRATIONS_DIR.glob("*.sql"):
+        shutil.copy(path, directory / path.name)
+    (directory / f"{NEXT + 1:03d}_skipped_one.sql").write_text("CREATE TABLE notes (text TEXT);\n")
 
     with pytest.raises(RuntimeError, match="without gaps"):
         await store.migrate(directory)
 
-    assert await store.schema_version() == 1
+    assert await store.schema_version() == SHIPPED
     with plain(db_path) as conn:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "notes" not in tables
@@ -136,8 +141,9 @@ async def test_a_failing_migration_leaves_nothing_half_applied(
 ) -> None:
     directory = tmp_path / "broken"
     directory.mkdir()
-    shutil.copy(MIGRATIONS_DIR / "001_init.sql", directory / "001_init.sql")
-    (directory / "002_broken.sql").write_text(
+    for path in MIGRATIONS_DIR.glob("*.sql"):
+        shutil.copy(path, directory / path.name)
+    (directory / f"{NEXT:03d}_broken.sql").write_text(
         "CREATE TABLE notes (text TEXT);\nALTER TABLE no_such_table ADD COLUMN x TEXT;\n"
     )
 
@@ -145,7 +151,7 @@ async def test_a_failing_migration_leaves_nothing_half_applied(
         await store.migrate(directory)
     await store.insert_job(job_row())  # a later commit must not save half of the failed migration
 
-    assert await store.schema_version() == 1
+    assert await store.schema_version() == SHIPPED
     with plain(db_path) as conn:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone() == (1,)

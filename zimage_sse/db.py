@@ -9,13 +9,17 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# The newest finished jobs that ran on a known device: what the ETA engine learns from.
+_RECENT_DONE = (
+    "SELECT id FROM jobs WHERE status = 'done' AND device IS NOT NULL ORDER BY finished_at DESC LIMIT ?"
+)
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[\w-]+\.sql$")
 
 JOB_COLUMNS = (
@@ -106,10 +110,13 @@ class Store:
         await self._conn.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", values)
         await self._conn.commit()
 
-    async def mark_started(self, job_id: str, started_at: float, device: str, dtype: str) -> None:
+    async def mark_started(
+        self, job_id: str, started_at: float, device: str, dtype: str, gpu_util: float | None = None
+    ) -> None:
         await self._conn.execute(
-            "UPDATE jobs SET status = 'running', started_at = ?, device = ?, dtype = ? WHERE id = ?",
-            (started_at, device, dtype, job_id),
+            "UPDATE jobs SET status = 'running', started_at = ?, device = ?, dtype = ?, gpu_util_start = ?"
+            " WHERE id = ?",
+            (started_at, device, dtype, gpu_util, job_id),
         )
         await self._conn.commit()
 
@@ -124,18 +131,24 @@ class Store:
         step_s: Sequence[float] = (),
         phases: Mapping[str, float] | None = None,
         warm_up: bool | None = None,
+        gpu_util_mean: float | None = None,
+        gpu_mem_peak_mb: float | None = None,
+        eta_points: Mapping[float, float | None] | None = None,
+        actual_total_s: float | None = None,
     ) -> None:
         """The job's end state and all of its timings, in one transaction."""
         try:
             await self._conn.execute(
-                "UPDATE jobs SET status = ?, finished_at = ?, error = ?, images = ?, warm_up = ?"
-                " WHERE id = ?",
+                "UPDATE jobs SET status = ?, finished_at = ?, error = ?, images = ?, warm_up = ?,"
+                " gpu_util_mean = ?, gpu_mem_peak_mb = ? WHERE id = ?",
                 (
                     status,
                     finished_at,
                     error,
                     json.dumps(list(images)),
                     None if warm_up is None else int(warm_up),
+                    gpu_util_mean,
+                    gpu_mem_peak_mb,
                     job_id,
                 ),
             )
@@ -147,6 +160,12 @@ class Store:
                 "INSERT INTO phase_timings (job_id, phase, seconds) VALUES (?, ?, ?)",
                 [(job_id, phase, seconds) for phase, seconds in (phases or {}).items()],
             )
+            if eta_points and actual_total_s is not None:
+                await self._conn.executemany(
+                    "INSERT INTO eta_predictions (job_id, point, predicted_total_s, actual_total_s)"
+                    " VALUES (?, ?, ?, ?)",
+                    [(job_id, point, total, actual_total_s) for point, total in eta_points.items()],
+                )
             await self._conn.commit()
         except BaseException:
             await self._conn.rollback()
@@ -189,19 +208,36 @@ class Store:
         rows = await self._select("SELECT phase, seconds FROM phase_timings WHERE job_id = ?", (job_id,))
         return {str(r["phase"]): float(r["seconds"]) for r in rows}
 
-    async def latest_phase_rates(self, phases: Iterable[str]) -> dict[str, float]:
-        """Seconds per megapixel of each phase in the most recent finished job that timed it."""
-        rates: dict[str, float] = {}
-        for phase in phases:
-            rows = await self._select(
-                "SELECT p.seconds * 1e6 / (j.width * j.height * j.num_images) AS rate"
-                " FROM phase_timings p JOIN jobs j ON j.id = p.job_id"
-                " WHERE p.phase = ? AND j.status = 'done' ORDER BY j.finished_at DESC LIMIT 1",
-                (phase,),
-            )
-            if rows:
-                rates[phase] = float(rows[0]["rate"])
-        return rates
+    async def timing_history(self, limit: int = 5000) -> list[dict[str, Any]]:
+        """The newest `limit` finished jobs with their step and phase timings, oldest first."""
+        jobs = await self._select(
+            "SELECT id, model, device, dtype, width, height, num_images, warm_up, gpu_util_start"
+            f" FROM jobs WHERE id IN ({_RECENT_DONE}) ORDER BY finished_at",
+            (limit,),
+        )
+        steps: dict[str, list[float]] = {}
+        phases: dict[str, dict[str, float]] = {}
+        query = (
+            f"SELECT job_id, seconds FROM step_timings WHERE job_id IN ({_RECENT_DONE}) ORDER BY job_id, step"
+        )
+        for row in await self._select(query, (limit,)):
+            steps.setdefault(row["job_id"], []).append(float(row["seconds"]))
+        query = f"SELECT job_id, phase, seconds FROM phase_timings WHERE job_id IN ({_RECENT_DONE})"
+        for row in await self._select(query, (limit,)):
+            phases.setdefault(row["job_id"], {})[row["phase"]] = float(row["seconds"])
+        for job in jobs:
+            job["step_s"] = steps.get(job["id"], [])
+            job["phases"] = phases.get(job["id"], {})
+        return jobs
+
+    async def eta_accuracy_rows(self) -> list[dict[str, Any]]:
+        """Every recorded prediction with its job's actual run time and size, oldest job first."""
+        return await self._select(
+            "SELECT e.job_id, e.point, e.predicted_total_s, e.actual_total_s, j.width, j.height,"
+            " j.num_images, j.finished_at FROM eta_predictions e JOIN jobs j ON j.id = e.job_id"
+            " ORDER BY j.finished_at, e.point",
+            (),
+        )
 
     async def _select(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         async with self._conn.execute(sql, params) as cursor:

@@ -1,47 +1,469 @@
-"""A simple live ETA: remaining steps × recent step time, plus an estimate of decode and save.
+"""The ETA engine: priors learned from history, a cost model across sizes, and live blending.
 
-The learned engine (priors from history, a cost model across sizes) replaces this in its own issue;
-this one is honest about what it does not know: no estimate until a step has been timed.
+DESIGN.md "ETA model". Per (model, device, dtype) it keeps every finished job's step and phase times
+and predicts a new job's phases before it starts:
+
+- a size seen before: robust medians of that size's steady-state steps and phases;
+- a size never seen: step time from a cost model `a + b·T + c·T²` in image tokens
+  T = (W/16)·(H/16)·batch fitted on the per-size medians (the attention term shows above 2 MP in
+  shared/data/h200-step-profile.json), decode and save linear in pixels; with too few sizes to fit,
+  the nearest known size scaled by T; with no history at all, nothing ("estimating").
+- the first generation after a model load (warm-up, about 2.2 s extra on the H200) is learned and
+  predicted apart, and never enters the steady-state figures.
+- GPU load (utilisation at job start, when pynvml can read it) adjusts step time through the
+  relation measured between load and the step time's deviation from the cost model.
+
+While a job runs, `LiveEstimate` blends the prior step time with the observed steps (first step
+excluded, median of recent steps so one slow step does not swing it), the observations gaining
+weight as they accumulate, and scales the rest of the job by what it has learned.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+Key = tuple[str, str, str]  # model, device, dtype
+Size = tuple[int, int, int]  # width, height, batch
+
+ACCURACY_POINTS = (0.0, 0.10, 0.25, 0.50)
+# How many observed steps the prior counts as, by how it was made (a judgement, tuned on the
+# demo model with bench/eta_accuracy.py): an exact size is trusted most.
+CONFIDENCE = {"size": 6.0, "cost-model": 3.0, "scaled": 1.5}
+RECENT_STEPS = 8
+# Decode when nothing is known about it: about 0.6 of a step at 1024² on the H200
+# (86.7 ms vs 143.9 ms, shared/data/h200-step-profile.json).
+DECODE_PER_STEP = 0.6
+MIN_LOAD_SAMPLES = 5
 
 
-def recent_step_time(step_s: list[float], window: int = 4) -> float | None:
-    """Median of the last few steps; the first step (warm-up, see DESIGN.md "Timing truth") only
-    counts while it is the only one we have."""
-    if not step_s:
+def tokens(width: int, height: int, batch: int) -> int:
+    return (width // 16) * (height // 16) * batch
+
+
+def steady(step_s: Sequence[float]) -> list[float]:
+    """Step times without the first step, which carries set-up costs (DESIGN.md "Timing truth")."""
+    return list(step_s[1:]) if len(step_s) > 1 else list(step_s)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One finished job's timings, as the ETA engine learns from them."""
+
+    model: str
+    device: str
+    dtype: str
+    width: int
+    height: int
+    batch: int
+    step_s: tuple[float, ...]
+    phases: Mapping[str, float]
+    warm_up: bool = False
+    gpu_util: float | None = None
+
+    @property
+    def key(self) -> Key:
+        return (self.model, self.device, self.dtype)
+
+    @property
+    def size(self) -> Size:
+        return (self.width, self.height, self.batch)
+
+    @property
+    def tokens(self) -> int:
+        return tokens(self.width, self.height, self.batch)
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height * self.batch
+
+    @property
+    def step_median(self) -> float | None:
+        values = steady(self.step_s)
+        return statistics.median(values) if values else None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A job's predicted phases in seconds; `load_s` is None when a load is needed but never timed."""
+
+    steps: int
+    step_s: float
+    encode_s: float
+    decode_s: float
+    save_s: float
+    load_s: float | None = 0.0
+    warmup_s: float = 0.0
+    source: str = "size"
+
+    @property
+    def confidence(self) -> float:
+        return CONFIDENCE.get(self.source, 1.0)
+
+    @property
+    def total_s(self) -> float | None:
+        if self.load_s is None:
+            return None
+        return (
+            self.load_s
+            + self.warmup_s
+            + self.encode_s
+            + self.steps * self.step_s
+            + self.decode_s
+            + self.save_s
+        )
+
+
+@dataclass(frozen=True)
+class Curve:
+    """y = a + b·x + c·x², fitted by least squares."""
+
+    a: float
+    b: float
+    c: float = 0.0
+
+    def __call__(self, x: float) -> float:
+        return self.a + self.b * x + self.c * x * x
+
+
+def fit_curve(points: Sequence[tuple[float, float, float]], quadratic: bool = True) -> Curve | None:
+    """Fit (x, y, weight) points; quadratic needs 3 distinct x, linear 2. A fit that would predict
+    a cost falling with size (negative b or c) is rejected for the simpler one."""
+    xs = {x for x, _, _ in points}
+    if quadratic and len(xs) >= 3:
+        curve = _lstsq(points, 3)
+        if curve is not None and curve.c >= 0 and curve.b + 2 * curve.c * min(xs) >= 0:
+            return curve
+    if len(xs) >= 2:
+        curve = _lstsq(points, 2)
+        if curve is not None and curve.b > 0:
+            return curve
+    return None
+
+
+def _lstsq(points: Sequence[tuple[float, float, float]], terms: int) -> Curve | None:
+    x = np.array([p[0] for p in points], dtype=float)
+    y = np.array([p[1] for p in points], dtype=float)
+    w = np.sqrt(np.array([p[2] for p in points], dtype=float))
+    scale = float(x.max()) or 1.0  # keeps the normal equations well conditioned
+    columns = [np.ones_like(x), x / scale, (x / scale) ** 2][:terms]
+    design = np.stack(columns, axis=1) * w[:, None]
+    coef, *_ = np.linalg.lstsq(design, y * w, rcond=None)
+    if not np.all(np.isfinite(coef)):
         return None
-    usable = step_s[1:] if len(step_s) > 1 else step_s
-    return statistics.median(usable[-window:])
+    values = [float(coef[0]), float(coef[1]) / scale, float(coef[2]) / scale**2 if terms == 3 else 0.0]
+    return Curve(*values)
+
+
+def _median(values: Iterable[float]) -> float | None:
+    items = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.median(items) if items else None
 
 
 @dataclass
-class FinishTimes:
-    """Seconds for decoding and saving per megapixel, from the jobs this process has finished."""
+class _Fitted:
+    """What one (model, device, dtype) has learned; rebuilt when a job is added."""
 
-    per_mpx: dict[str, float] = field(default_factory=dict)
-
-    def learn(self, phase: str, seconds: float, pixels: int) -> None:
-        if pixels > 0:
-            self.per_mpx[phase] = seconds / (pixels / 1e6)
-
-    def estimate(self, pixels: int, step_s: float) -> float:
-        known = sum(self.per_mpx.get(p, 0.0) for p in ("decoding", "saving")) * pixels / 1e6
-        if "decoding" in self.per_mpx:
-            return known
-        # Nothing finished yet: on the H200 profile decode costs 0.5-0.6 of a step
-        # (shared/data/h200-step-profile.json: 86.7 ms vs 143.9 ms at 1024²); assume one step.
-        return step_s + known
+    step_by_size: dict[Size, float]
+    phase_by_size: dict[str, dict[Size, float]]
+    step_curve: Curve | None
+    phase_curves: dict[str, Curve | None]
+    encode_s: float | None
+    load_s: float | None
+    warmup_s: float
+    load_relation: Curve | None
 
 
-def remaining_seconds(
-    step_s: list[float], total_steps: int, pixels: int, finish: FinishTimes
-) -> float | None:
-    per_step = recent_step_time(step_s)
-    if per_step is None:
+class EtaModel:
+    def __init__(self, records: Iterable[JobRecord] = ()) -> None:
+        self._records: dict[Key, list[JobRecord]] = {}
+        self._fitted: dict[Key, _Fitted] = {}
+        for record in records:
+            self.add(record)
+
+    def add(self, record: JobRecord) -> None:
+        self._records.setdefault(record.key, []).append(record)
+        self._fitted.pop(record.key, None)
+
+    def records(self, key: Key) -> list[JobRecord]:
+        return list(self._records.get(key, ()))
+
+    def step_curve(self, key: Key) -> Curve | None:
+        return self._fit(key).step_curve if key in self._records else None
+
+    def predict(
+        self,
+        key: Key,
+        width: int,
+        height: int,
+        batch: int,
+        steps: int,
+        *,
+        loaded: bool = True,
+        warm_up: bool = False,
+        gpu_util: float | None = None,
+    ) -> Prediction | None:
+        if key not in self._records:
+            return None
+        fitted = self._fit(key)
+        size = (width, height, batch)
+        step, source = self._step(fitted, size)
+        if step is None:
+            return None
+        if gpu_util is not None and fitted.load_relation is not None:
+            step *= max(0.5, fitted.load_relation(gpu_util))
+        pixels = width * height * batch
+        return Prediction(
+            steps=steps,
+            step_s=step,
+            encode_s=fitted.encode_s or 0.0,
+            decode_s=self._phase(fitted, "decoding", size, pixels, step * DECODE_PER_STEP),
+            save_s=self._phase(fitted, "saving", size, pixels, 0.0),
+            load_s=0.0 if loaded else fitted.load_s,
+            warmup_s=fitted.warmup_s if warm_up else 0.0,
+            source=source,
+        )
+
+    def _step(self, fitted: _Fitted, size: Size) -> tuple[float | None, str]:
+        if size in fitted.step_by_size:
+            return fitted.step_by_size[size], "size"
+        count = tokens(*size)
+        if fitted.step_curve is not None:
+            return max(1e-6, fitted.step_curve(count)), "cost-model"
+        nearest = _nearest(fitted.step_by_size, count)
+        if nearest is None:
+            return None, "none"
+        return fitted.step_by_size[nearest] * count / tokens(*nearest), "scaled"
+
+    @staticmethod
+    def _phase(fitted: _Fitted, phase: str, size: Size, pixels: int, fallback: float) -> float:
+        known = fitted.phase_by_size.get(phase, {})
+        if size in known:
+            return known[size]
+        curve = fitted.phase_curves.get(phase)
+        if curve is not None:
+            return max(0.0, curve(pixels))
+        nearest = _nearest(known, pixels, measure=lambda s: s[0] * s[1] * s[2])
+        if nearest is None:
+            return fallback
+        return known[nearest] * pixels / (nearest[0] * nearest[1] * nearest[2])
+
+    def _fit(self, key: Key) -> _Fitted:
+        fitted = self._fitted.get(key)
+        if fitted is None:
+            fitted = self._fitted[key] = self._build(self._records[key])
+        return fitted
+
+    def _build(self, records: list[JobRecord]) -> _Fitted:
+        steady_jobs = [r for r in records if not r.warm_up]
+        by_size: dict[Size, list[JobRecord]] = {}
+        for record in steady_jobs:
+            by_size.setdefault(record.size, []).append(record)
+        step_by_size: dict[Size, float] = {}
+        for size, group in by_size.items():
+            median = _median(s for r in group for s in steady(r.step_s))
+            if median is not None:
+                step_by_size[size] = median
+        # A size seen only in a warm-up job: its steps after the first are already steady.
+        for record in records:
+            if record.warm_up and record.size not in step_by_size and len(record.step_s) > 1:
+                step_by_size[record.size] = statistics.median(steady(record.step_s))
+        phase_by_size: dict[str, dict[Size, float]] = {}
+        phase_curves: dict[str, Curve | None] = {}
+        for phase in ("decoding", "saving"):
+            per_size = {}
+            for size, group in by_size.items():
+                median = _median(r.phases[phase] for r in group if phase in r.phases)
+                if median is not None:
+                    per_size[size] = median
+            phase_by_size[phase] = per_size
+            phase_curves[phase] = fit_curve(
+                [(s[0] * s[1] * s[2], v, len(by_size[s])) for s, v in per_size.items()], quadratic=False
+            )
+        step_curve = fit_curve(
+            [(tokens(*s), v, len(by_size.get(s, ())) or 1) for s, v in step_by_size.items()]
+        )
+        fitted = _Fitted(
+            step_by_size=step_by_size,
+            phase_by_size=phase_by_size,
+            step_curve=step_curve,
+            phase_curves=phase_curves,
+            encode_s=_median(r.phases["encoding"] for r in steady_jobs if "encoding" in r.phases)
+            or _median(r.phases["encoding"] for r in records if "encoding" in r.phases),
+            load_s=_median(r.phases["loading"] for r in records if "loading" in r.phases),
+            warmup_s=0.0,
+            load_relation=None,
+        )
+        fitted.warmup_s = self._warmup(fitted, [r for r in records if r.warm_up])
+        fitted.load_relation = self._load_relation(fitted, steady_jobs)
+        return fitted
+
+    def _warmup(self, fitted: _Fitted, warm_jobs: list[JobRecord]) -> float:
+        """Median extra time of a first generation over what the same job costs once warm."""
+        extras = []
+        for record in warm_jobs:
+            step, _ = self._step(fitted, record.size)
+            if step is None or fitted.encode_s is None:
+                continue
+            decode = self._phase(fitted, "decoding", record.size, record.pixels, step * DECODE_PER_STEP)
+            actual = (
+                record.phases.get("encoding", 0.0) + sum(record.step_s) + record.phases.get("decoding", 0.0)
+            )
+            extras.append(actual - (fitted.encode_s + step * len(record.step_s) + decode))
+        return max(0.0, _median(extras) or 0.0)
+
+    def _load_relation(self, fitted: _Fitted, jobs: list[JobRecord]) -> Curve | None:
+        """Step time ÷ the unloaded expectation, as a line in GPU utilisation at job start."""
+        points = []
+        for record in jobs:
+            median = record.step_median
+            if record.gpu_util is None or median is None:
+                continue
+            expected = fitted.step_curve(record.tokens) if fitted.step_curve else None
+            expected = expected or fitted.step_by_size.get(record.size)
+            if expected:
+                points.append((record.gpu_util, median / expected, 1.0))
+        if len(points) < MIN_LOAD_SAMPLES or max(p[0] for p in points) - min(p[0] for p in points) < 10:
+            return None
+        return fit_curve(points, quadratic=False)
+
+
+def _nearest(known: Mapping[Size, float], target: int, measure: object = None) -> Size | None:
+    if not known:
         return None
-    return per_step * (total_steps - len(step_s)) + finish.estimate(pixels, per_step)
+    size_of = measure if callable(measure) else (lambda s: tokens(*s))
+    return min(known, key=lambda s: abs(math.log(size_of(s) / target)))
+
+
+PHASE_ORDER = ("loading", "encoding", "denoising", "decoding", "saving")
+
+
+@dataclass
+class LiveEstimate:
+    """One running job's estimate, updated on each phase and step event (all times wall-clock)."""
+
+    prior: Prediction | None
+    steps: int
+    started_at: float
+    gpu_util: float | None = None  # at job start, learned with the job's timings
+    phase: str | None = None
+    phase_at: float = 0.0
+    step_s: list[float] = field(default_factory=list)
+    last_step_at: float | None = None
+    # (elapsed, predicted total) each time the estimate was made, for the accuracy record.
+    history: list[tuple[float, float | None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.record(self.started_at)
+
+    def on_phase(self, phase: str, now: float) -> None:
+        self.phase, self.phase_at = phase, now
+        if phase == "denoising":
+            self.last_step_at = now
+        self.record(now)
+
+    def on_step(self, seconds: float, now: float) -> None:
+        self.step_s.append(seconds)
+        self.last_step_at = now
+        self.record(now)
+
+    def record(self, now: float) -> float | None:
+        remaining = self.remaining(now)
+        elapsed = now - self.started_at
+        self.history.append((elapsed, None if remaining is None else elapsed + remaining))
+        return remaining
+
+    def step_estimate(self) -> float | None:
+        observed = steady(self.step_s)[-RECENT_STEPS:] if len(self.step_s) > 1 else []
+        prior = self.prior.step_s if self.prior else None
+        if not observed:
+            return prior
+        median = statistics.median(observed)
+        if self.prior is None or prior is None:
+            return median
+        weight = len(observed) / (len(observed) + self.prior.confidence)
+        return weight * median + (1 - weight) * prior
+
+    def remaining(self, now: float) -> float | None:
+        step = self.step_estimate()
+        if step is None:
+            return None
+        prior = self.prior
+        # What the observed steps say about this run's speed carries over to decoding.
+        factor = step / prior.step_s if prior and prior.step_s > 0 else 1.0
+        decode = prior.decode_s * factor if prior else step * DECODE_PER_STEP
+        save = prior.save_s if prior else 0.0
+        done = len(self.step_s)
+        in_phase = now - self.phase_at
+        if self.phase in (None, "loading", "encoding"):
+            encode = prior.encode_s if prior else 0.0
+            warm = prior.warmup_s if prior else 0.0
+            rest = encode + warm + self.steps * step + decode + save
+            if self.phase is None:
+                return None if prior is None or prior.load_s is None else prior.load_s + rest
+            if self.phase == "loading":
+                load = prior.load_s if prior else None
+                return None if load is None else max(0.0, load - in_phase) + rest
+            return max(0.0, encode - in_phase) + rest - encode
+        if self.phase == "denoising":
+            if done >= self.steps:
+                return decode + save
+            since = now - (self.last_step_at or now)
+            first = step + (prior.warmup_s if prior and done == 0 else 0.0)
+            return max(0.0, first - since) + (self.steps - done - 1) * step + decode + save
+        if self.phase == "decoding":
+            return max(0.0, decode - in_phase) + save
+        return max(0.0, save - in_phase)
+
+
+def accuracy_points(
+    history: Sequence[tuple[float, float | None]], actual: float
+) -> dict[float, float | None]:
+    """The predicted total at 0 %, 10 %, 25 % and 50 % of the job's actual time: the latest
+    prediction made at or before each point (None where there was none yet)."""
+    points: dict[float, float | None] = {}
+    for point in ACCURACY_POINTS:
+        made = [total for elapsed, total in history if elapsed <= point * actual + 1e-9]
+        points[point] = made[-1] if made else None
+    return points
+
+
+def accuracy_report(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean absolute percentage error of the predicted total at each point, overall and by size.
+
+    Each row: point, predicted_total_s (None: no estimate yet), actual_total_s, width, height,
+    num_images. A point's `jobs` counts the jobs with an estimate there, `none` those without.
+    """
+    groups: dict[str, dict[float, list[float | None]]] = {}
+    for row in rows:
+        size = f"{row['width']}x{row['height']}" + (f"x{row['num_images']}" if row["num_images"] != 1 else "")
+        actual = float(row["actual_total_s"])
+        predicted = row["predicted_total_s"]
+        error = None if predicted is None or actual <= 0 else abs(float(predicted) - actual) / actual
+        point = float(row["point"])
+        for name in ("overall", size):
+            groups.setdefault(name, {}).setdefault(point, []).append(error)
+
+    def summary(by_point: dict[float, list[float | None]]) -> dict[str, dict[str, float | int | None]]:
+        result: dict[str, dict[str, float | int | None]] = {}
+        for point in ACCURACY_POINTS:
+            errors = by_point.get(point, [])
+            known = [e for e in errors if e is not None]
+            result[f"{round(point * 100)}%"] = {
+                "mape_percent": round(100 * statistics.fmean(known), 2) if known else None,
+                "jobs": len(known),
+                "none": len(errors) - len(known),
+            }
+        return result
+
+    overall = groups.pop("overall", {})
+    return {
+        "points": [f"{round(p * 100)}%" for p in ACCURACY_POINTS],
+        "overall": summary(overall),
+        "by_size": {size: summary(by_point) for size, by_point in sorted(groups.items())},
+    }

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from .broadcaster import ALL, Broadcaster, Subscription
 from .db import Store
-from .eta import FinishTimes, remaining_seconds
+from .eta import EtaModel, JobRecord, LiveEstimate, Prediction, accuracy_points
 from .events import TERMINAL, Cancelled, Event, JobFailed
 from .params import JobParams
 
@@ -47,6 +47,14 @@ class Runner(Protocol):
 
     @property
     def dtype_name(self) -> str: ...
+
+    @property
+    def loaded(self) -> bool: ...
+
+    @property
+    def warm(self) -> bool: ...
+
+    def gpu_sample(self) -> Any: ...
 
     def run(self, job_id: str, params: JobParams, emit: Emit, cancel: threading.Event) -> Any: ...
 
@@ -73,6 +81,10 @@ class JobState:
     error: str | None = None
     seq: int = 0
     cancel: threading.Event = field(default_factory=threading.Event)
+    # Queue predictions (wall-clock start, seconds of running) and the running job's live estimate.
+    predicted_start_at: float | None = None
+    predicted_total_s: float | None = None
+    live: LiveEstimate | None = None
     # Wall-clock time of the last ETA, so elapsed and the ETA agree on when they were measured.
     eta_at: float | None = None
     progress_floor: float = 0.0
@@ -136,6 +148,10 @@ class JobState:
             "images": [image_url(name) for name in self.images],
             "phases": {k: round(v, 4) for k, v in self.phases.items()},
             "error": self.error,
+            "predicted_start_s": (
+                None if self.predicted_start_at is None else round(max(0.0, self.predicted_start_at - now), 3)
+            ),
+            "predicted_total_s": None if self.predicted_total_s is None else round(self.predicted_total_s, 3),
         }
 
     @classmethod
@@ -181,7 +197,7 @@ class JobManager:
         self._running: str | None = None
         self._wakeup = asyncio.Event()
         self._gseq = 0
-        self._finish = FinishTimes()
+        self.eta = EtaModel()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"worker-{runner.device}")
         self._task: asyncio.Task[None] | None = None
 
@@ -197,7 +213,8 @@ class JobManager:
             state = JobState.from_row(row)
             self._remember(state)
             self._pending.append(state.id)
-        self._finish.per_mpx.update(await self.store.latest_phase_rates(("decoding", "saving")))
+        for row in await self.store.timing_history():
+            self.eta.add(_record(row))
         self._renumber()
         self._task = asyncio.create_task(self._run_queue(), name="job-queue")
 
@@ -372,17 +389,59 @@ class JobManager:
         for position, job_id in enumerate(self._pending, start=1):
             self._jobs[job_id].position = position
 
+    def _predict(
+        self, params: JobParams, *, loaded: bool, warm_up: bool, gpu_util: float | None = None
+    ) -> Prediction | None:
+        key = (self.runner.model, self.runner.device, self.runner.dtype_name)
+        return self.eta.predict(
+            key,
+            params.width,
+            params.height,
+            params.num_images,
+            params.steps,
+            loaded=loaded,
+            warm_up=warm_up,
+            gpu_util=gpu_util,
+        )
+
+    @staticmethod
+    def _set_eta(state: JobState, remaining: float | None, now: float) -> None:
+        state.eta_s, state.eta_at = remaining, now
+
+    def _plan_queue(self, now: float) -> None:
+        """Predicted start and run time of every queued job: what is left of the running job plus
+        the predicted totals of the jobs ahead. Unknown from the first job nothing is known about."""
+        running = self.running()
+        start: float | None = 0.0
+        if running is not None:
+            start = running.remaining_s(now)
+        resident, warm = self.runner.loaded or running is not None, self.runner.warm or running is not None
+        for state in self.queued():
+            prior = self._predict(state.params, loaded=resident, warm_up=not warm)
+            resident = warm = True
+            state.predicted_total_s = prior.total_s if prior else None
+            state.predicted_start_at = None if start is None else now + start
+            finish = (
+                None if start is None or state.predicted_total_s is None else start + state.predicted_total_s
+            )
+            self._set_eta(state, finish, now)
+            start = finish
+
     def _queue_changed(self) -> None:
         self._renumber()
+        now = time.time()
+        self._plan_queue(now)
         for state in self.queued():
+            snapshot = state.snapshot()
             self._publish(
                 state,
                 "queued",
                 {
                     "position": state.position,
                     "queue_length": len(self._pending),
-                    "predicted_start_s": None,
-                    "predicted_total_s": None,
+                    "predicted_start_s": snapshot["predicted_start_s"],
+                    "predicted_total_s": snapshot["predicted_total_s"],
+                    "eta_s": snapshot["eta_s"],
                 },
             )
         self._publish(None, "queue", {"running": self._running, "queued": list(self._pending)})
@@ -409,7 +468,18 @@ class JobManager:
         state.position = None
         state.device = self.runner.device
         state.started_at = time.time()
-        await self.store.mark_started(state.id, state.started_at, self.runner.device, self.runner.dtype_name)
+        sample = self.runner.gpu_sample()
+        gpu_util = None if sample is None else float(sample.util)
+        prior = self._predict(
+            state.params, loaded=self.runner.loaded, warm_up=not self.runner.warm, gpu_util=gpu_util
+        )
+        state.live = LiveEstimate(prior, state.params.steps, state.started_at, gpu_util=gpu_util)
+        state.predicted_start_at = None
+        state.predicted_total_s = prior.total_s if prior else None
+        self._set_eta(state, state.live.remaining(state.started_at), state.started_at)
+        await self.store.mark_started(
+            state.id, state.started_at, self.runner.device, self.runner.dtype_name, gpu_util
+        )
         self._queue_changed()
 
         def emit(kind: str, data: dict[str, Any]) -> None:
@@ -436,16 +506,17 @@ class JobManager:
             state.images = list(outcome.images)
             state.step_s = list(outcome.step_s)
             state.phases.update(outcome.phases)
-            for phase in ("decoding", "saving"):
-                if phase in outcome.phases:
-                    self._finish.learn(phase, outcome.phases[phase], state.pixels)
-        await self._finish_job(state, status, error=error, warm_up=outcome.warm_up if outcome else None)
+        await self._finish_job(state, status, error=error, outcome=outcome)
         self._queue_changed()
 
     async def _finish_job(
-        self, state: JobState, status: str, *, error: str | None = None, warm_up: bool | None = None
+        self, state: JobState, status: str, *, error: str | None = None, outcome: Any = None
     ) -> None:
         finished_at = time.time()
+        actual = finished_at - state.started_at if state.started_at is not None else None
+        points = None
+        if status == "done" and state.live is not None and actual is not None:
+            points = accuracy_points(state.live.history, actual)
         await self.store.finish_job(
             state.id,
             status=status,
@@ -454,8 +525,28 @@ class JobManager:
             images=state.images,
             step_s=state.step_s,
             phases=state.phases,
-            warm_up=warm_up,
+            warm_up=outcome.warm_up if outcome else None,
+            gpu_util_mean=outcome.gpu_util_mean if outcome else None,
+            gpu_mem_peak_mb=outcome.gpu_mem_peak_mb if outcome else None,
+            eta_points=points,
+            actual_total_s=actual,
         )
+        if status == "done" and outcome is not None:
+            sample_util = state.live.gpu_util if state.live else None
+            self.eta.add(
+                JobRecord(
+                    model=self.runner.model,
+                    device=self.runner.device,
+                    dtype=self.runner.dtype_name,
+                    width=state.params.width,
+                    height=state.params.height,
+                    batch=state.params.num_images,
+                    step_s=tuple(state.step_s),
+                    phases=dict(state.phases),
+                    warm_up=bool(outcome.warm_up),
+                    gpu_util=sample_util,
+                )
+            )
         # The in-memory end and its event in one loop turn, after the write: a stream that opens
         # during the write still sees a live job, subscribes, and so receives the terminal event.
         state.status = status
@@ -463,6 +554,7 @@ class JobManager:
         state.finished_at = finished_at
         state.phase = None
         state.eta_s = 0.0
+        state.predicted_start_at = None
         payload: dict[str, Any] = {"status": status, "elapsed_s": state.elapsed_s(), "error": error}
         if status == "done":
             payload.update(
@@ -479,15 +571,20 @@ class JobManager:
         now = time.time()
         if kind == "phase":
             state.phase = data["phase"]
-            if state.phase == "decoding" and state.step_s:
-                state.eta_s = self._finish.estimate(state.pixels, state.step_s[-1])
-                state.eta_at = now
-            self._publish(state, "phase", {"phase": state.phase})
+            if state.live is not None:
+                state.live.on_phase(data["phase"], now)
+                self._set_eta(state, state.live.remaining(now), now)
+            self._publish(
+                state,
+                "phase",
+                {"phase": state.phase, "eta_s": None if state.eta_s is None else round(state.eta_s, 3)},
+            )
         elif kind == "step":
             state.step = data["step"]
             state.step_s.append(data["step_s"])
-            state.eta_s = remaining_seconds(state.step_s, state.params.steps, state.pixels, self._finish)
-            state.eta_at = now
+            if state.live is not None:
+                state.live.on_step(data["step_s"], now)
+                self._set_eta(state, state.live.remaining(now), now)
             elapsed = state.elapsed_s(now)
             self._publish(
                 state,
@@ -507,3 +604,18 @@ def _parse_id(value: str | None) -> int | None:
     if value is None or not value.strip().isdigit():
         return None
     return int(value.strip())
+
+
+def _record(row: dict[str, Any]) -> JobRecord:
+    return JobRecord(
+        model=row["model"],
+        device=row["device"],
+        dtype=row["dtype"] or "",
+        width=row["width"],
+        height=row["height"],
+        batch=row["num_images"],
+        step_s=tuple(row["step_s"]),
+        phases=row["phases"],
+        warm_up=bool(row["warm_up"]),
+        gpu_util=row["gpu_util_start"],
+    )

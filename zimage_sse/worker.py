@@ -19,6 +19,7 @@ import torch
 
 from . import images, pipeline
 from .events import Cancelled, JobFailed
+from .gpu import GpuMonitor, GpuSample
 from .params import JobParams
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,33 @@ class Outcome:
     step_s: list[float]
     phases: dict[str, float]
     warm_up: bool
+    gpu_util_mean: float | None = None
+    gpu_mem_peak_mb: float | None = None
+
+
+# Sample GPU load at most this often during a job: NVML reads cost microseconds, but need not be per step.
+GPU_SAMPLE_EVERY_S = 0.5
+
+
+@dataclass
+class _LoadSamples:
+    monitor: GpuMonitor
+    util: list[float] = field(default_factory=list)
+    mem_peak_mb: float | None = None
+    last: float = float("-inf")
+
+    def take(self, now: float) -> None:
+        if now - self.last < GPU_SAMPLE_EVERY_S:
+            return
+        self.last = now
+        sample = self.monitor.sample()
+        if sample is not None:
+            self.util.append(sample.util)
+            self.mem_peak_mb = max(self.mem_peak_mb or 0.0, sample.mem_used_mb)
+
+    @property
+    def util_mean(self) -> float | None:
+        return sum(self.util) / len(self.util) if self.util else None
 
 
 @dataclass
@@ -61,6 +89,20 @@ class Worker:
         self.dtype = pipeline.resolve_dtype(dtype, self.device)
         self._pipe: Any = None
         self._warm = False
+        self.gpu = GpuMonitor(self.device)
+
+    @property
+    def loaded(self) -> bool:
+        """The model is resident: the next job has no loading phase."""
+        return self._pipe is not None
+
+    @property
+    def warm(self) -> bool:
+        """A generation has run since the load: the next job pays no warm-up."""
+        return self._warm
+
+    def gpu_sample(self) -> GpuSample | None:
+        return self.gpu.sample()
 
     @property
     def dtype_name(self) -> str:
@@ -94,6 +136,8 @@ class Worker:
 
     def _run(self, job_id: str, params: JobParams, emit: Emit, cancel: threading.Event) -> Outcome:
         timer = _Timer(self._sync)
+        load = _LoadSamples(self.gpu)
+        load.take(time.perf_counter())
         pipe = self._pipe if self._pipe is not None else timer.run("loading", emit, self.load)
         warm_up = not self._warm
         guided = params.guidance > 0
@@ -124,6 +168,7 @@ class Worker:
             step_s.append(now - last[0])
             last[0] = now
             emit("step", {"step": index + 1, "total": params.steps, "step_s": step_s[-1]})
+            load.take(now)
             check()
             return tensors
 
@@ -165,7 +210,14 @@ class Worker:
 
         names = timer.run("saving", emit, save)
         self._warm = True
-        return Outcome(images=names, step_s=step_s, phases=timer.phases, warm_up=warm_up)
+        return Outcome(
+            images=names,
+            step_s=step_s,
+            phases=timer.phases,
+            warm_up=warm_up,
+            gpu_util_mean=load.util_mean,
+            gpu_mem_peak_mb=load.mem_peak_mb,
+        )
 
     @staticmethod
     def _decode(pipe: Any, latents: Any) -> list[Any]:

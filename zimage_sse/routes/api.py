@@ -11,6 +11,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ..config import Settings
+from ..eta import accuracy_report
 from ..images import JOB_ID
 from ..jobs import JobFinished, JobManager, JobNotFound
 from ..params import InvalidRequest, validate
@@ -82,6 +83,12 @@ async def image(request: Request) -> Response:
     )
 
 
+async def eta_accuracy(request: Request) -> Response:
+    """How far the predicted total was from the actual run time at 0, 10, 25 and 50 % of each job."""
+    rows = await manager_of(request).store.eta_accuracy_rows()
+    return JSONResponse(accuracy_report(rows))
+
+
 def _query_int(request: Request, name: str, default: int, low: int, high: int, errors: dict[str, str]) -> int:
     raw = request.query_params.get(name)
     if raw is None:
@@ -131,5 +138,6 @@ routes = [
     Route("/api/jobs", list_jobs, methods=["GET"]),
     Route("/api/jobs/{job_id}", get_job, methods=["GET"]),
     Route("/api/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
+    Route("/api/eta/accuracy", eta_accuracy, methods=["GET"]),
     Route("/images/{name}", image, methods=["GET"]),
 ]
