@@ -108,7 +108,7 @@ async def test_migrating_again_changes_nothing(
     await store.insert_job(job_row())
     await store.migrate(extended_migrations)
 
-    # Re-running the new migration would fail ("duplicate column name: note"), so success means it was skipped.
+    # Re-running the new migration would fail ("duplicate column name"), so success means it was skipped.
     assert await store.migrate(extended_migrations) == NEXT
     reopened = await Store.open(db_path, extended_migrations)
     try:
