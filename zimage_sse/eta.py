@@ -355,6 +355,7 @@ class LiveEstimate:
     phase_at: float = 0.0
     step_s: list[float] = field(default_factory=list)
     last_step_at: float | None = None
+    warmup_spent: float = 0.0
     # (elapsed, predicted total) each time the estimate was made, for the accuracy record.
     history: list[tuple[float, float | None]] = field(default_factory=list)
 
@@ -362,15 +363,28 @@ class LiveEstimate:
         self.record(self.started_at)
 
     def on_phase(self, phase: str, now: float) -> None:
+        if self.phase == "encoding":
+            self._spend_warmup((now - self.phase_at) - (self.prior.encode_s if self.prior else 0.0))
         self.phase, self.phase_at = phase, now
         if phase == "denoising":
             self.last_step_at = now
         self.record(now)
 
     def on_step(self, seconds: float, now: float) -> None:
+        if not self.step_s and self.prior is not None:
+            self._spend_warmup(seconds - self.prior.step_s)
         self.step_s.append(seconds)
         self.last_step_at = now
         self.record(now)
+
+    def _spend_warmup(self, overrun: float) -> None:
+        """A warm-up job pays its extra in the encode, the first step and the decode: what has shown up
+        as an overrun so far is no longer ahead of it."""
+        self.warmup_spent += max(0.0, overrun)
+
+    @property
+    def warmup_left(self) -> float:
+        return max(0.0, (self.prior.warmup_s if self.prior else 0.0) - self.warmup_spent)
 
     def record(self, now: float) -> float | None:
         remaining = self.remaining(now)
@@ -379,13 +393,14 @@ class LiveEstimate:
         return remaining
 
     def step_estimate(self) -> float | None:
-        observed = steady(self.step_s)[-RECENT_STEPS:] if len(self.step_s) > 1 else []
+        observed = steady(self.step_s) if len(self.step_s) > 1 else []
         prior = self.prior.step_s if self.prior else None
         if not observed:
             return prior
-        median = statistics.median(observed)
+        median = statistics.median(observed[-RECENT_STEPS:])
         if self.prior is None or prior is None:
             return median
+        # Every observed step adds weight; only the recent ones set the value (contention changes).
         weight = len(observed) / (len(observed) + self.prior.confidence)
         return weight * median + (1 - weight) * prior
 
@@ -400,24 +415,27 @@ class LiveEstimate:
         save = prior.save_s if prior else 0.0
         done = len(self.step_s)
         in_phase = now - self.phase_at
+        warm = self.warmup_left
         if self.phase in (None, "loading", "encoding"):
             encode = prior.encode_s if prior else 0.0
-            warm = prior.warmup_s if prior else 0.0
-            rest = encode + warm + self.steps * step + decode + save
+            rest = self.steps * step + decode + save
             if self.phase is None:
-                return None if prior is None or prior.load_s is None else prior.load_s + rest
+                return None if prior is None or prior.load_s is None else prior.load_s + encode + warm + rest
             if self.phase == "loading":
                 load = prior.load_s if prior else None
-                return None if load is None else max(0.0, load - in_phase) + rest
-            return max(0.0, encode - in_phase) + rest - encode
+                return None if load is None else max(0.0, load - in_phase) + encode + warm + rest
+            # An encode running over its prior is spending the warm-up extra, if there is one.
+            return max(0.0, encode + warm - in_phase) + rest
         if self.phase == "denoising":
             if done >= self.steps:
-                return decode + save
+                return decode + warm + save
             since = now - (self.last_step_at or now)
-            first = step + (prior.warmup_s if prior and done == 0 else 0.0)
-            return max(0.0, first - since) + (self.steps - done - 1) * step + decode + save
+            if done == 0:
+                # The first step may spend what is left of the warm-up; the rest lands on the decode.
+                return max(0.0, step + warm - since) + (self.steps - 1) * step + decode + save
+            return max(0.0, step - since) + (self.steps - done - 1) * step + decode + warm + save
         if self.phase == "decoding":
-            return max(0.0, decode - in_phase) + save
+            return max(0.0, decode + warm - in_phase) + save
         return max(0.0, save - in_phase)
 
 
