@@ -18,6 +18,7 @@ import pytest
 from zimage_sse.eta import (
     CONFIDENCE,
     DECODE_PER_STEP,
+    PRIOR_TOLERANCE,
     Curve,
     EtaModel,
     JobRecord,
@@ -132,10 +133,10 @@ def test_fit_curve_weights_do_not_bias_an_exact_fit_and_do_pull_a_noisy_one() ->
     assert (weighted.a, weighted.b, weighted.c) == pytest.approx((A, B, C), rel=1e-6)
 
     # Two readings at one x, one trusted 9×: the line goes nearer the trusted one.
-    points = [(1000.0, 1.0, 1.0), (2000.0, 2.0, 1.0), (2000.0, 3.0, 9.0)]
+    points = [(1000.0, 2.0, 1.0), (2000.0, 2.0, 1.0), (2000.0, 4.0, 9.0)]
     line = fit_curve(points, quadratic=False)
     assert line is not None
-    assert line(2000) == pytest.approx(0.1 * 2.0 + 0.9 * 3.0, rel=1e-9)
+    assert line(2000) == pytest.approx(0.1 * 2.0 + 0.9 * 4.0, rel=1e-9)
 
 
 def test_fit_curve_with_two_distinct_x_falls_back_to_a_line() -> None:
@@ -150,9 +151,10 @@ def test_fit_curve_with_two_distinct_x_falls_back_to_a_line() -> None:
 
 
 def test_fit_curve_quadratic_false_fits_a_line_through_three_sizes() -> None:
-    xs = [1024.0, 4096.0, 16384.0]
-    curve = fit_curve([(x, curve_step(x), 1.0) for x in xs], quadratic=False)
-    expected_b, expected_a = np.polyfit(xs, [curve_step(x) for x in xs], 1)
+    xs = [1.0, 2.0, 3.0]
+    ys = [2.0, 3.1, 3.9]
+    curve = fit_curve([(x, y, 1.0) for x, y in zip(xs, ys, strict=True)], quadratic=False)
+    expected_b, expected_a = np.polyfit(xs, ys, 1)
 
     assert curve is not None
     assert curve.c == 0.0
@@ -181,12 +183,24 @@ def test_fit_curve_rejects_a_cost_falling_at_the_smallest_size() -> None:
     xs = [3.0, 4.0, 5.0, 6.0, 8.0, 10.0]
     ys = [(x - 4.0) ** 2 + 1.0 for x in xs]
     curve = fit_curve([(x, y, 1.0) for x, y in zip(xs, ys, strict=True)])
-    expected_b, expected_a = np.polyfit(xs, ys, 1)
 
     assert curve is not None
     assert curve.c == 0.0
     assert curve.b > 0
-    assert (curve.a, curve.b) == pytest.approx((expected_a, expected_b), rel=1e-9)
+    # The least-squares line would cross zero at a positive size (intercept < 0): it goes through
+    # the origin instead, so no size is predicted to cost nothing.
+    assert curve.a == 0.0
+    assert curve.b == pytest.approx(sum(x * y for x, y in zip(xs, ys, strict=True)) / sum(x * x for x in xs))
+
+
+def test_fit_curve_keeps_small_sizes_positive() -> None:
+    """Decode measured at two large sizes whose line would reach zero before 512²."""
+    points = [(896.0 * 896, 1.85, 1.0), (1024.0 * 1024, 2.55, 1.0)]
+    line = fit_curve(points, quadratic=False)
+
+    assert line is not None
+    assert line.a == 0.0
+    assert line(512 * 512) > 0.3
 
 
 def test_fit_curve_cost_falling_with_size_is_none() -> None:
@@ -258,14 +272,14 @@ def cost_model_history() -> EtaModel:
 )
 def test_unseen_size_follows_the_cost_model(width: int, height: int, batch: int) -> None:
     prediction = predict(cost_model_history(), width, height, batch, steps=8)
-    expected_step = curve_step(tokens(width, height, batch))
+    # A batch costs `batch` images of its size (the H200 profile: 1024² ×2 is 1.96× one image).
+    expected_step = batch * curve_step(tokens(width, height, 1))
+    expected_decode = batch * curve_decode(width * height)
 
     assert prediction.source == "cost-model"
     assert prediction.step_s == pytest.approx(expected_step, rel=0.10)
-    assert prediction.decode_s == pytest.approx(curve_decode(width * height * batch), rel=0.10)
-    assert total(prediction) == pytest.approx(
-        0.03 + 8 * expected_step + curve_decode(width * height * batch) + 0.02, rel=0.10
-    )
+    assert prediction.decode_s == pytest.approx(expected_decode, rel=0.10)
+    assert total(prediction) == pytest.approx(0.03 + 8 * expected_step + expected_decode + 0.02, rel=0.10)
 
 
 def test_cost_model_with_three_sizes_is_within_ten_percent() -> None:
@@ -628,6 +642,33 @@ def test_live_without_a_prior_waits_for_two_steps() -> None:
     assert [total for _, total in live.history[:4]] == [None, None, None, None]
 
 
+def blend_weight(observed_steps: int, source: str, observed: float, prior: float) -> float:
+    """The documented blend: n / (n + k), k the prior's confidence, which fades once two or more
+    steady steps disagree with the prior by more than the steps' own spread."""
+    confidence = CONFIDENCE[source]
+    if observed_steps >= 2:
+        confidence /= 1 + (abs(observed - prior) / prior / PRIOR_TOLERANCE) ** 2
+    return observed_steps / (observed_steps + confidence)
+
+
+def test_live_a_prior_that_agrees_with_the_steps_keeps_its_weight() -> None:
+    live, now = denoising(PRIOR, steps=9)
+    run_steps(live, [0.13, 0.102, 0.102, 0.102], now)  # 2 % off the prior: ordinary noise
+
+    estimate = known(live.step_estimate())
+    assert estimate == pytest.approx(0.1 + 3 / (3 + CONFIDENCE["size"] / 1.04) * 0.002)
+    assert blend_weight(3, "size", 0.102, 0.1) < 0.4  # the prior still counts for most
+
+
+def test_live_a_prior_far_from_the_steps_gives_way_within_two_steps() -> None:
+    """An unseen size predicted 40 % short: two steady steps of 0.14 s outweigh a 0.1 s prior."""
+    live, now = denoising(PRIOR, steps=9)
+    run_steps(live, [0.2, 0.14, 0.14], now)
+
+    # The prior alone would leave the ETA 29 % short; after two steps it is within 5 % of the truth.
+    assert known(live.step_estimate()) == pytest.approx(0.14, rel=0.05)
+
+
 def test_live_observed_steps_gain_weight_as_they_accumulate() -> None:
     live, now = denoising(PRIOR, steps=9)
     now = run_steps(live, [0.35], now)  # first step, excluded
@@ -636,7 +677,7 @@ def test_live_observed_steps_gain_weight_as_they_accumulate() -> None:
     previous = 0.1
     for k in range(1, 9):
         now = run_steps(live, [0.2], now)
-        weight = k / (k + CONFIDENCE["size"])
+        weight = blend_weight(k, "size", 0.2, 0.1)
         expected = weight * 0.2 + (1 - weight) * 0.1
         estimate = known(live.step_estimate())
         assert estimate == pytest.approx(expected)
@@ -659,7 +700,7 @@ def test_live_observations_keep_gaining_weight_past_the_recent_window() -> None:
     live, now = denoising(prior, steps=30)
     now = run_steps(live, [0.3] + [0.2] * 20, now)
 
-    weight = 20 / (20 + CONFIDENCE["size"])
+    weight = blend_weight(20, "size", 0.2, 0.1)
     expected = weight * 0.2 + (1 - weight) * 0.1
     assert live.step_estimate() == pytest.approx(expected)
     assert live.remaining(now) == pytest.approx(9 * expected + 0.06 * expected / 0.1 + 0.02)
@@ -671,7 +712,7 @@ def test_live_a_less_certain_prior_gives_way_sooner(source: str) -> None:
     live, now = denoising(prior)
     run_steps(live, [0.3, 0.2, 0.2, 0.2], now)
 
-    weight = 3 / (3 + CONFIDENCE[source])
+    weight = blend_weight(3, source, 0.2, 0.1)
     assert live.step_estimate() == pytest.approx(weight * 0.2 + (1 - weight) * 0.1)
     assert CONFIDENCE["size"] > CONFIDENCE["cost-model"] > CONFIDENCE["scaled"]
 
@@ -695,7 +736,7 @@ def test_live_contention_moves_the_eta_up() -> None:
     assert all(later > earlier for earlier, later in itertools.pairwise(known))
     assert known[-1] > prior_total + 0.8  # 0.8 s of slow steps already spent
     # The decode that remains is scaled by the same slow-down.
-    weight = 7 / (7 + CONFIDENCE["size"])
+    weight = blend_weight(7, "size", 0.2, 0.1)
     step = weight * 0.2 + (1 - weight) * 0.1
     assert live.remaining(now) == pytest.approx(step + 0.06 * step / 0.1 + 0.02)  # one step to go
 
@@ -815,7 +856,7 @@ def test_accuracy_points_of_a_live_job() -> None:
     assert points == {0.0: totals[0], 0.1: totals[2], 0.25: totals[4], 0.5: totals[6]}
     assert points[0.0] == pytest.approx(total(PRIOR))
     assert len({points[p] for p in points}) == 4
-    weight = 3 / (3 + CONFIDENCE["size"])
+    weight = blend_weight(3, "size", 0.2, 0.1)
     step = weight * 0.2 + (1 - weight) * 0.1
     assert points[0.5] == pytest.approx(0.89 + 5 * step + 0.06 * step / 0.1 + 0.02)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +40,8 @@ RECENT_STEPS = 8
 # (86.7 ms vs 143.9 ms, shared/data/h200-step-profile.json).
 DECODE_PER_STEP = 0.6
 MIN_LOAD_SAMPLES = 5
+# A prior this far (relative) from two or more observed steps has lost half of its confidence.
+PRIOR_TOLERANCE = 0.10
 
 
 def tokens(width: int, height: int, batch: int) -> int:
@@ -133,31 +135,38 @@ class Curve:
 
 def fit_curve(points: Sequence[tuple[float, float, float]], quadratic: bool = True) -> Curve | None:
     """Fit (x, y, weight) points; quadratic needs 3 distinct x, linear 2. A fit that would predict
-    a cost falling with size (negative b or c) is rejected for the simpler one."""
+    a cost falling with size (negative b or c) is rejected for the simpler one, and a negative
+    intercept (which would predict nothing, or less, for small sizes) for one through the origin."""
     xs = {x for x, _, _ in points}
-    if quadratic and len(xs) >= 3:
-        curve = _lstsq(points, 3)
-        if curve is not None and curve.c >= 0 and curve.b + 2 * curve.c * min(xs) >= 0:
+    for terms in (3, 2) if quadratic else (2,):
+        if len(xs) < terms:
+            continue
+        curve = _lstsq(points, terms)
+        if curve is not None and curve.a < 0:
+            curve = _lstsq(points, terms, intercept=False)
+        if curve is None:
+            continue
+        if terms == 3 and curve.c >= 0 and curve.b + 2 * curve.c * min(xs) >= 0:
             return curve
-    if len(xs) >= 2:
-        curve = _lstsq(points, 2)
-        if curve is not None and curve.b > 0:
+        if terms == 2 and curve.b > 0:
             return curve
     return None
 
 
-def _lstsq(points: Sequence[tuple[float, float, float]], terms: int) -> Curve | None:
+def _lstsq(points: Sequence[tuple[float, float, float]], terms: int, intercept: bool = True) -> Curve | None:
     x = np.array([p[0] for p in points], dtype=float)
     y = np.array([p[1] for p in points], dtype=float)
     w = np.sqrt(np.array([p[2] for p in points], dtype=float))
     scale = float(x.max()) or 1.0  # keeps the normal equations well conditioned
     columns = [np.ones_like(x), x / scale, (x / scale) ** 2][:terms]
+    if not intercept:
+        columns[0] = np.zeros_like(x)
     design = np.stack(columns, axis=1) * w[:, None]
     coef, *_ = np.linalg.lstsq(design, y * w, rcond=None)
     if not np.all(np.isfinite(coef)):
         return None
     values = [float(coef[0]), float(coef[1]) / scale, float(coef[2]) / scale**2 if terms == 3 else 0.0]
-    return Curve(*values)
+    return Curve(0.0 if not intercept else values[0], values[1], values[2])
 
 
 def _median(values: Iterable[float]) -> float | None:
@@ -177,6 +186,7 @@ class _Fitted:
     load_s: float | None
     warmup_s: float
     load_relation: Curve | None
+    decode_per_step: float | None
 
 
 class EtaModel:
@@ -217,41 +227,48 @@ class EtaModel:
             return None
         if gpu_util is not None and fitted.load_relation is not None:
             step *= max(0.5, fitted.load_relation(gpu_util))
-        pixels = width * height * batch
         return Prediction(
             steps=steps,
             step_s=step,
             encode_s=fitted.encode_s or 0.0,
-            decode_s=self._phase(fitted, "decoding", size, pixels, step * DECODE_PER_STEP),
-            save_s=self._phase(fitted, "saving", size, pixels, 0.0),
+            decode_s=self._phase(fitted, "decoding", size, self._decode_fallback(fitted, step)),
+            save_s=self._phase(fitted, "saving", size, 0.0),
             load_s=0.0 if loaded else fitted.load_s,
             warmup_s=fitted.warmup_s if warm_up else 0.0,
             source=source,
         )
 
+    # Curves are per image: a batch of n costs n times one image (the H200 profile: batch 2 at 1024²
+    # is 1.96× one image; on 2 CPU cores 2.0×), while attention grows with each image's own tokens.
+
     def _step(self, fitted: _Fitted, size: Size) -> tuple[float | None, str]:
         if size in fitted.step_by_size:
             return fitted.step_by_size[size], "size"
-        count = tokens(*size)
+        width, height, batch = size
         if fitted.step_curve is not None:
-            return max(1e-6, fitted.step_curve(count)), "cost-model"
-        nearest = _nearest(fitted.step_by_size, count)
+            return batch * max(1e-6, fitted.step_curve(tokens(width, height, 1))), "cost-model"
+        nearest = _nearest(fitted.step_by_size, tokens(width, height, 1), lambda s: tokens(s[0], s[1], 1))
         if nearest is None:
             return None, "none"
-        return fitted.step_by_size[nearest] * count / tokens(*nearest), "scaled"
+        return fitted.step_by_size[nearest] * tokens(*size) / tokens(*nearest), "scaled"
 
     @staticmethod
-    def _phase(fitted: _Fitted, phase: str, size: Size, pixels: int, fallback: float) -> float:
+    def _phase(fitted: _Fitted, phase: str, size: Size, fallback: float) -> float:
         known = fitted.phase_by_size.get(phase, {})
         if size in known:
             return known[size]
+        width, height, batch = size
         curve = fitted.phase_curves.get(phase)
         if curve is not None:
-            return max(0.0, curve(pixels))
-        nearest = _nearest(known, pixels, measure=lambda s: s[0] * s[1] * s[2])
+            return batch * max(0.0, curve(width * height))
+        nearest = _nearest(known, width * height, lambda s: s[0] * s[1])
         if nearest is None:
             return fallback
-        return known[nearest] * pixels / (nearest[0] * nearest[1] * nearest[2])
+        return known[nearest] * width * height * batch / (nearest[0] * nearest[1] * nearest[2])
+
+    @staticmethod
+    def _decode_fallback(fitted: _Fitted, step: float) -> float:
+        return step * (fitted.decode_per_step or DECODE_PER_STEP)
 
     def _fit(self, key: Key) -> _Fitted:
         fitted = self._fitted.get(key)
@@ -283,11 +300,19 @@ class EtaModel:
                     per_size[size] = median
             phase_by_size[phase] = per_size
             phase_curves[phase] = fit_curve(
-                [(s[0] * s[1] * s[2], v, len(by_size[s])) for s, v in per_size.items()], quadratic=False
+                [(s[0] * s[1], v / s[2], len(by_size[s])) for s, v in per_size.items()], quadratic=False
             )
         step_curve = fit_curve(
-            [(tokens(*s), v, len(by_size.get(s, ())) or 1) for s, v in step_by_size.items()]
+            [(tokens(s[0], s[1], 1), v / s[2], len(by_size.get(s, ())) or 1) for s, v in step_by_size.items()]
         )
+        # Decode in steps, for sizes nothing is known about: from this device's own jobs, warm-up ones
+        # too when there is nothing else (their steps after the first are steady).
+        ratios = [
+            (r.warm_up, r.phases["decoding"] / r.step_median)
+            for r in records
+            if "decoding" in r.phases and r.step_median and len(r.step_s) > 1
+        ]
+        steady_ratios = [ratio for warm, ratio in ratios if not warm]
         fitted = _Fitted(
             step_by_size=step_by_size,
             phase_by_size=phase_by_size,
@@ -298,6 +323,7 @@ class EtaModel:
             load_s=_median(r.phases["loading"] for r in records if "loading" in r.phases),
             warmup_s=0.0,
             load_relation=None,
+            decode_per_step=_median(steady_ratios or [ratio for _, ratio in ratios]),
         )
         fitted.warmup_s = self._warmup(fitted, [r for r in records if r.warm_up])
         fitted.load_relation = self._load_relation(fitted, steady_jobs)
@@ -310,7 +336,7 @@ class EtaModel:
             step, _ = self._step(fitted, record.size)
             if step is None or fitted.encode_s is None:
                 continue
-            decode = self._phase(fitted, "decoding", record.size, record.pixels, step * DECODE_PER_STEP)
+            decode = self._phase(fitted, "decoding", record.size, self._decode_fallback(fitted, step))
             actual = (
                 record.phases.get("encoding", 0.0) + sum(record.step_s) + record.phases.get("decoding", 0.0)
             )
@@ -324,8 +350,7 @@ class EtaModel:
             median = record.step_median
             if record.gpu_util is None or median is None:
                 continue
-            expected = fitted.step_curve(record.tokens) if fitted.step_curve else None
-            expected = expected or fitted.step_by_size.get(record.size)
+            expected, _ = self._step(fitted, record.size)
             if expected:
                 points.append((record.gpu_util, median / expected, 1.0))
         if len(points) < MIN_LOAD_SAMPLES or max(p[0] for p in points) - min(p[0] for p in points) < 10:
@@ -333,11 +358,10 @@ class EtaModel:
         return fit_curve(points, quadratic=False)
 
 
-def _nearest(known: Mapping[Size, float], target: int, measure: object = None) -> Size | None:
+def _nearest(known: Mapping[Size, float], target: int, measure: Callable[[Size], int]) -> Size | None:
     if not known:
         return None
-    size_of = measure if callable(measure) else (lambda s: tokens(*s))
-    return min(known, key=lambda s: abs(math.log(size_of(s) / target)))
+    return min(known, key=lambda s: abs(math.log(measure(s) / target)))
 
 
 PHASE_ORDER = ("loading", "encoding", "denoising", "decoding", "saving")
@@ -401,7 +425,14 @@ class LiveEstimate:
         if self.prior is None or prior is None:
             return median
         # Every observed step adds weight; only the recent ones set the value (contention changes).
-        weight = len(observed) / (len(observed) + self.prior.confidence)
+        # Steps within a job vary by about 1.5 % (shared/data/h200-step-profile.json; 1.4 % on the demo
+        # model), so once two steady steps agree with each other and not with the prior, the prior
+        # was wrong for this run (an unseen size, contention): its confidence fades with the gap.
+        confidence = self.prior.confidence
+        if len(observed) >= 2:
+            gap = abs(median - prior) / prior
+            confidence /= 1.0 + (gap / PRIOR_TOLERANCE) ** 2
+        weight = len(observed) / (len(observed) + confidence)
         return weight * median + (1 - weight) * prior
 
     def remaining(self, now: float) -> float | None:

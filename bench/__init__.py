@@ -1,0 +1,1 @@
+"""Benchmarks that measure the service side by side with what it is compared to, in one run."""
