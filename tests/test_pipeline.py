@@ -57,7 +57,8 @@ class Recorder:
         return [data["step"] for kind, data in self.events if kind == "step"]
 
     def sequence(self) -> list[tuple[str, object]]:
-        return [(kind, data.get(kind)) for kind, data in self.events]
+        """Phase and step events in order (with a preview's step for previews)."""
+        return [(kind, data["step"] if kind == "preview" else data.get(kind)) for kind, data in self.events]
 
 
 @pytest.fixture
@@ -145,9 +146,13 @@ def test_a_job_reports_every_phase_and_step_and_the_second_skips_loading(worker:
         ("phase", "encoding"),
         ("phase", "denoising"),
         ("step", 1),
+        ("preview", 1),  # a preview after every step by default
         ("step", 2),
+        ("preview", 2),
         ("step", 3),
+        ("preview", 3),
         ("step", 4),
+        ("preview", 4),
         ("phase", "decoding"),
         ("phase", "saving"),
     ]

@@ -152,6 +152,8 @@ def script(events: list[SSE]) -> list[str]:
             words.append(f"phase:{data['phase']}")
         elif event.event == "step":
             words.append(f"step:{data['step']}/{data['total']}")
+        elif event.event == "preview":
+            words.append(f"preview:{data['step']}")
         else:
             words.append(event.event)
     return words
@@ -160,7 +162,9 @@ def script(events: list[SSE]) -> list[str]:
 def expected_script(steps: int, *, loading: bool = False) -> list[str]:
     phases = [f"phase:{p}" for p in PHASES if p != "loading" or loading]
     before, after = phases[: phases.index("phase:denoising") + 1], phases[phases.index("phase:decoding") :]
-    return [*before, *(f"step:{n}/{steps}" for n in range(1, steps + 1)), *after, "done"]
+    # A preview follows every step (the default preview_every=1).
+    denoising = [word for n in range(1, steps + 1) for word in (f"step:{n}/{steps}", f"preview:{n}")]
+    return [*before, *denoising, *after, "done"]
 
 
 def image_files(server: Server, job_id: str) -> list[str]:
@@ -310,6 +314,11 @@ def test_timings_are_stored_per_step_and_phase(server: Server) -> None:
         assert state["phases"] == {name: round(seconds, 4) for name, seconds in phases.items()}
 
 
+def newest_preview_only(events: list[SSE]) -> list[SSE]:
+    previews = [e for e in events if e.event == "preview"]
+    return [e for e in events if e.event != "preview" or e is previews[-1]]
+
+
 def test_last_event_id_resumes_without_gaps_or_duplicates(server: Server) -> None:
     with server.client() as client:
         job, live = watch(server, client, steps=6)
@@ -323,10 +332,14 @@ def test_last_event_id_resumes_without_gaps_or_duplicates(server: Server) -> Non
                 assert response.status_code in (200, 204), (last_event_id, response.status_code)
                 return read_sse(response) if response.status_code == 200 else []
 
-        # From the middle: exactly what came after it, ending with the terminal event.
+        # From the middle: exactly what came after it, ending with the terminal event; of the previews
+        # it missed, only the newest (a backlog of stale previews is of no use).
         middle = next(e for e in live if e.event == "step" and e.json()["step"] == 3)
-        after = [(e.id, e.event, e.data) for e in live if int(str(e.id)) > int(str(middle.id))]
-        assert [(e.id, e.event, e.data) for e in resume(str(middle.id))] == after
+        after = newest_preview_only([e for e in live if int(str(e.id)) > int(str(middle.id))])
+        assert [e.event for e in after].count("preview") == 1
+        assert [(e.id, e.event, e.data) for e in resume(str(middle.id))] == [
+            (e.id, e.event, e.data) for e in after
+        ]
 
         # From the terminal event, or past it: nothing more, and above all not the terminal event again.
         assert resume(str(terminal.id)) == []
@@ -335,8 +348,12 @@ def test_last_event_id_resumes_without_gaps_or_duplicates(server: Server) -> Non
 
         # From 0 (nothing seen): the whole history, with no gap and one terminal event at its end.
         everything = resume("0")
-        assert ids(everything) == list(range(1, int(str(terminal.id)) + 1))
-        assert [e for e in everything if int(str(e.id)) > int(str(live[0].id))] == live[1:]
+        snapshot_id = int(str(live[0].id))
+        assert [e for e in everything if int(str(e.id)) > snapshot_id and e.event != "preview"] == [
+            e for e in live[1:] if e.event != "preview"
+        ]
+        assert [e.json()["step"] for e in everything if e.event == "step"] == list(range(1, 7))
+        assert [e.json()["step"] for e in everything if e.event == "preview"] == [6]
         assert [e.event for e in everything if e.event in TERMINAL] == ["done"]
 
         # An id that means nothing: a fresh snapshot of the finished job, whose id is the last one, so

@@ -32,12 +32,19 @@ class Subscription:
         if event.kind == "step":
             # Drop the job's undelivered step if it is that job's latest event; the new one goes to
             # the end, so events stay in publishing order (ids only ever rise on a feed).
+            # Previews in between do not matter (the newest one is kept anyway).
             for index in range(len(self._items) - 1, -1, -1):
                 queued = self._items[index]
-                if queued.job_id == event.job_id:
+                if queued.job_id == event.job_id and queued.kind != "preview":
                     if queued.kind == "step":
                         del self._items[index]
                     break
+        elif event.kind == "preview":
+            # A preview only matters until the next one: drop any the reader has not taken yet.
+            for index in range(len(self._items) - 1, -1, -1):
+                queued = self._items[index]
+                if queued.job_id == event.job_id and queued.kind == "preview":
+                    del self._items[index]
         if len(self._items) >= self._maxsize:
             self.overflowed = True
             self.close()

@@ -54,6 +54,8 @@ class Settings:
     max_prompt_chars: int = 2000
     max_guidance: float = 20.0
     heartbeat_s: float = 15.0
+    # A live preview every N denoising steps (0: none). Turbo runs 8 steps, so every step by default.
+    preview_every: int = 1
     # Per-subscriber queue length before a slow SSE client is disconnected (it can resume).
     subscriber_queue: int = 256
     # Events kept per job for Last-Event-ID replay.

@@ -85,6 +85,7 @@ class JobState:
     predicted_start_at: float | None = None
     predicted_total_s: float | None = None
     live: LiveEstimate | None = None
+    preview: dict[str, Any] | None = None  # the latest `preview` event's data
     # Wall-clock time of the last ETA, so elapsed and the ETA agree on when they were measured.
     eta_at: float | None = None
     progress_floor: float = 0.0
@@ -152,6 +153,7 @@ class JobState:
                 None if self.predicted_start_at is None else round(max(0.0, self.predicted_start_at - now), 3)
             ),
             "predicted_total_s": None if self.predicted_total_s is None else round(self.predicted_total_s, 3),
+            "preview": self.preview if self.status == "running" else None,
         }
 
     @classmethod
@@ -350,7 +352,7 @@ class JobManager:
             return [] if last == state.seq else None
         if not history or history[0].seq > last + 1:
             return None  # the buffer no longer reaches back: a fresh snapshot instead
-        return [event for event in history if event.seq > last]
+        return _latest_preview_only([event for event in history if event.seq > last])
 
     def _replay_global(self, last_event_id: str | None) -> list[Event] | None:
         last = _parse_id(last_event_id)
@@ -360,7 +362,7 @@ class JobManager:
             return []
         if not self._global or self._global[0].gseq > last + 1:
             return None
-        return [event for event in self._global if event.gseq > last]
+        return _latest_preview_only([event for event in self._global if event.gseq > last])
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -596,8 +598,17 @@ class JobManager:
                     "percent": round(state.percent(now), 1),
                 },
             )
+        elif kind == "preview":
+            state.preview = data
+            self._publish(state, kind, data)
         else:
             self._publish(state, kind, data)
+
+
+def _latest_preview_only(events: list[Event]) -> list[Event]:
+    """A resuming client needs the newest preview of each job, not a backlog of stale ones."""
+    newest = {event.job_id: event.seq for event in events if event.kind == "preview"}
+    return [event for event in events if event.kind != "preview" or newest[event.job_id] == event.seq]
 
 
 def _parse_id(value: str | None) -> int | None:

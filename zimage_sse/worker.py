@@ -17,7 +17,7 @@ from typing import Any
 import diffusers
 import torch
 
-from . import images, pipeline
+from . import images, pipeline, preview
 from .events import Cancelled, JobFailed
 from .gpu import GpuMonitor, GpuSample
 from .params import JobParams
@@ -80,9 +80,16 @@ class Worker:
     """Owns one device and the pipeline resident on it. Only ever called from one executor thread."""
 
     def __init__(
-        self, model: str, models_dir: Path, images_dir: Path, device: str = "auto", dtype: str = "auto"
+        self,
+        model: str,
+        models_dir: Path,
+        images_dir: Path,
+        device: str = "auto",
+        dtype: str = "auto",
+        preview_every: int = 1,
     ) -> None:
         self.model = model
+        self.preview_every = preview_every
         self.models_dir = models_dir
         self.images_dir = images_dir
         self.device = pipeline.resolve_device(device)
@@ -161,20 +168,40 @@ class Worker:
 
         step_s: list[float] = []
         last = [0.0]
+        before: list[Any] = [None]  # latents before the step now running, for the preview's x0
 
         def on_step(_pipe: Any, index: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             self._sync()
             now = time.perf_counter()
             step_s.append(now - last[0])
+            # A preview made now is paid for in the next step's time, so the ETA includes it.
             last[0] = now
             emit("step", {"step": index + 1, "total": params.steps, "step_s": step_s[-1]})
+            after = tensors["latents"]
+            if self.preview_every and (index + 1) % self.preview_every == 0:
+                sigmas = pipe.scheduler.sigmas
+                url, width, height = preview.preview(
+                    before[0], after, float(sigmas[index]), float(sigmas[index + 1])
+                )
+                emit("preview", {"step": index + 1, "url": url, "width": width, "height": height})
+            before[0] = after
             load.take(now)
             check()
             return tensors
 
         def denoise() -> Any:
-            # A CPU generator gives the same noise for a seed on every device.
+            # A CPU generator gives the same noise for a seed on every device. The starting latents are
+            # made here, exactly as the pipeline would, so the first step's preview knows them.
             generator = torch.Generator("cpu").manual_seed(params.seed)
+            before[0] = pipe.prepare_latents(
+                params.num_images,
+                pipe.transformer.in_channels,
+                params.height,
+                params.width,
+                torch.float32,
+                pipe._execution_device,
+                generator,
+            )
             last[0] = time.perf_counter()
             return pipe(
                 prompt_embeds=positive,
@@ -184,7 +211,7 @@ class Worker:
                 num_inference_steps=params.steps,
                 guidance_scale=params.guidance,
                 num_images_per_prompt=params.num_images,
-                generator=generator,
+                latents=before[0],
                 output_type="latent",
                 callback_on_step_end=on_step,
             ).images
