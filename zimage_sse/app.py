@@ -15,7 +15,8 @@ from .broadcaster import Broadcaster
 from .config import Settings
 from .db import Store
 from .jobs import JobManager
-from .routes import api, pages, streams
+from .metrics import Metrics
+from .routes import api, ops, pages, streams
 from .templating import make_templates
 
 logger = logging.getLogger(__name__)
@@ -34,13 +35,21 @@ def create_app(settings: Settings) -> Starlette:
         settings.images_dir.mkdir(parents=True, exist_ok=True)
         store = await Store.open(settings.db_path)
         worker = Worker(
-            settings.model, settings.model_cache, settings.images_dir, settings.device, settings.dtype
+            settings.model,
+            settings.model_cache,
+            settings.images_dir,
+            settings.device,
+            settings.dtype,
+            preview_every=settings.preview_every,
         )
         manager = JobManager(
             store, worker, Broadcaster(settings.subscriber_queue), replay_events=settings.replay_events
         )
         await manager.start()
         app.state.manager = manager
+        metrics = Metrics(manager)
+        await metrics.start()
+        app.state.metrics = metrics
         logger.info(
             "serving model %r on %s (%s), data in %s",
             settings.model,
@@ -51,6 +60,7 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
+            await metrics.stop()
             await manager.stop()
             await store.close()
 
@@ -62,6 +72,7 @@ def create_app(settings: Settings) -> Starlette:
         *pages.routes,
         *api.routes,
         *streams.routes,
+        *ops.routes,
         Mount("/static/vendor", app=StaticFiles(directory=VENDOR_DIR, check_dir=False), name="vendor"),
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]

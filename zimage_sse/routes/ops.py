@@ -1,0 +1,55 @@
+"""Operational endpoints: liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..jobs import JobManager
+from ..metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+
+async def health(request: Request) -> Response:
+    """GET /health: the process is up and serving requests."""
+    return JSONResponse({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    """GET /ready: 200 once the database answers and the model is resident, 503 saying what is not."""
+    manager: JobManager | None = getattr(request.app.state, "manager", None)
+    if manager is None:
+        body: dict[str, Any] = {"ready": False, "model": "not loaded", "database": "not open"}
+        return JSONResponse(body, status_code=503)
+    database = await _database(manager)
+    model = "loaded" if manager.runner.loaded else "not loaded"
+    ok = database == "open" and model == "loaded"
+    return JSONResponse({"ready": ok, "model": model, "database": database}, status_code=200 if ok else 503)
+
+
+async def _database(manager: JobManager) -> str:
+    try:
+        await manager.store.schema_version()  # a real query: the connection is open and answers
+    except Exception as exc:
+        logger.exception("readiness: the database did not answer")
+        return f"unavailable: {type(exc).__name__}"
+    return "open"
+
+
+async def metrics(request: Request) -> Response:
+    """GET /metrics: Prometheus text format, from the app's own registry."""
+    registry: Metrics = request.app.state.metrics
+    return Response(registry.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+routes = [
+    Route("/health", health, methods=["GET"]),
+    Route("/ready", ready, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+]
