@@ -1,18 +1,23 @@
-"""Command line: `zimage-sse serve [--host --port --model --device --dtype --data-dir]`.
+"""Command line: `zimage-sse serve` runs the service; `generate` and `watch` are its terminal client.
 
-Every option also comes from the environment (ZIMAGE_SSE_HOST, ZIMAGE_SSE_MODEL, …); an option given
-on the command line wins.
+Every option of `serve` also comes from the environment (ZIMAGE_SSE_HOST, ZIMAGE_SSE_MODEL, …); an
+option given on the command line wins. `generate PROMPT` and `watch JOB_ID` (zimage_sse/client.py)
+import no torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .config import Settings
+
+CLIENT_PARAMS = ("width", "height", "steps", "seed", "guidance", "negative_prompt", "num_images")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,11 +38,74 @@ def build_parser() -> argparse.ArgumentParser:
         "--models-dir", type=Path, help="where embedded models are built (default DATA_DIR/models)"
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    generate = commands.add_parser(
+        "generate",
+        help="submit a job, show its progress, save its image(s)",
+        description="Submit a job, follow it with a progress bar, and save its image(s); "
+        "prints the saved path(s). Parameters left out take the server's defaults.",
+    )
+    generate.add_argument("prompt", help="what to draw")
+    _client_options(generate)
+    generate.add_argument("--width", type=int, help="pixels (the server's default: 1024)")
+    generate.add_argument("--height", type=int, help="pixels (the server's default: 1024)")
+    generate.add_argument("--steps", type=int, help="denoising steps (the server's default: 8)")
+    generate.add_argument("--seed", type=int, help="random seed (random when left out, and recorded)")
+    generate.add_argument("--guidance", type=float, help="guidance scale (Turbo: 0)")
+    generate.add_argument("--negative-prompt", help="what not to draw")
+    generate.add_argument("--num-images", type=int, help="images in the batch (several: FILE-1.png, …)")
+    generate.add_argument(
+        "--out",
+        type=Path,
+        help="where to save the image (several: FILE-1.png, FILE-2.png …; a directory: the server's "
+        "names in it; default: the server's name in the current directory)",
+    )
+
+    watch = commands.add_parser(
+        "watch",
+        help="follow any job to its end",
+        description="Follow a job with a progress bar; with --out, save its image(s) if it ends done "
+        "(otherwise print their URLs).",
+    )
+    watch.add_argument("job_id", help="the job's id")
+    _client_options(watch)
+    watch.add_argument("--out", type=Path, help="save the image(s) here (as for generate)")
     return parser
+
+
+def _client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("ZIMAGE_SSE_SERVER", "http://127.0.0.1:8000"),
+        help="the service's URL (default: $ZIMAGE_SSE_SERVER or http://127.0.0.1:8000)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("ZIMAGE_SSE_TOKEN"),
+        help="sent as `Authorization: Bearer TOKEN` on every request (default: $ZIMAGE_SSE_TOKEN)",
+    )
+
+
+def run_client(args: argparse.Namespace) -> int:
+    from . import client
+
+    try:
+        with client.connect(args.server, args.token) as http:
+            if args.command == "generate":
+                params: dict[str, Any] = {"prompt": args.prompt}
+                params.update({k: getattr(args, k) for k in CLIENT_PARAMS if getattr(args, k) is not None})
+                return client.generate(http, params, out=args.out)
+            return client.watch(http, args.job_id, out=args.out)
+    except KeyboardInterrupt:
+        # Ctrl-C outside a job's stream (submitting, downloading): nothing to cancel.
+        print("zimage-sse: interrupted", file=sys.stderr)
+        return client.ExitCode.INTERRUPTED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("generate", "watch"):
+        return run_client(args)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
