@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 from contextlib import closing
 from itertools import pairwise
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -17,7 +18,7 @@ from PIL import Image
 
 from zimage_sse.events import PHASES, TERMINAL
 
-from .conftest import SSE, Server, follow, read_sse, submit
+from .conftest import SSE, Server, follow, read_sse, start_server, submit
 
 # A job that keeps the tiny model busy: 1024² steps took about 0.1 s each on 2 CPU cores (measured), so
 # 100 steps last about 10 s, while a cancel takes effect at the next step.
@@ -497,3 +498,28 @@ def test_queue_stream_starts_with_the_queue(server: Server) -> None:
     assert f'href="/jobs/{job["id"]}"' in html
     assert "waiting in the queue stream" in html
     assert "#1" in html
+
+
+def test_a_job_from_before_a_restart_resumes_to_its_final_state(tmp_path: Path, models_dir: Path) -> None:
+    """After a restart a job's events are no longer numbered: a client resuming with an old id gets
+    the final snapshot (never a silent end), and resuming from that snapshot's id ends the stream."""
+    first = start_server(tmp_path / "data", models_dir)
+    try:
+        with first.client() as client:
+            job = submit(client, steps=4)
+            events = follow(client, job["id"])
+    finally:
+        first.stop()
+    assert events[-1].event == "done"
+    before_end = next(e for e in events if e.event == "phase" and e.json()["phase"] == "saving")
+
+    second = start_server(tmp_path / "data", models_dir)
+    try:
+        with second.client() as client:
+            resumed = follow(client, job["id"], headers={"Last-Event-ID": str(before_end.id)})
+            assert [e.event for e in resumed] == ["snapshot"]
+            assert resumed[0].json()["status"] == "done" and resumed[0].json()["images"]
+            again = client.get(job_events_path(job["id"]), headers={"Last-Event-ID": str(resumed[0].id)})
+            assert again.status_code == 204
+    finally:
+        second.stop()

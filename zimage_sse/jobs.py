@@ -342,6 +342,20 @@ class JobManager:
         async with self.broadcaster.subscribe(ALL) as subscription:
             yield first, subscription
 
+    def seen_the_end(self, state: JobState, last_event_id: str | None) -> bool:
+        """Whether a client resuming from `last_event_id` already has this ended job's final state.
+
+        A job from before a restart is not numbered in this process: its stream is a snapshot with
+        id 0, so a client that resumes from 0 has it, and one that resumes from an older id (it may
+        have missed the end) gets the snapshot first.
+        """
+        last = _parse_id(last_event_id)
+        if not state.terminal or last is None:
+            return False
+        if state.id in self._history:
+            return last >= state.seq
+        return last == 0
+
     def _replay(self, job_id: str, last_event_id: str | None) -> list[Event] | None:
         last = _parse_id(last_event_id)
         history = self._history.get(job_id)

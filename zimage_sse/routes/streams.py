@@ -61,13 +61,8 @@ async def job_events(request: Request) -> Response:
     manager, job_id = manager_of(request), job_id_of(request)
     last_event_id = request.headers.get("last-event-id")
     state = await manager.get(job_id)  # a 404 before the stream starts, not an empty stream
-    if (
-        state.terminal
-        and last_event_id is not None
-        and last_event_id.isdigit()
-        and int(last_event_id) >= state.seq
-    ):
-        # The client has seen the end already; 204 tells EventSource to stop reconnecting.
+    if manager.seen_the_end(state, last_event_id):
+        # 204 tells EventSource to stop reconnecting.
         return Response(status_code=204)
 
     async def body() -> AsyncIterator[ServerSentEvent]:
