@@ -144,12 +144,18 @@ class SSE:
         return json.loads(self.data)
 
 
-def read_sse(response: httpx.Response, until: Callable[[SSE], bool] | None = None) -> list[SSE]:
-    """Parse an SSE response (per the WHATWG spec's field rules) until it ends or `until` says stop."""
+def read_sse(
+    response: httpx.Response | Iterator[str], until: Callable[[SSE], bool] | None = None
+) -> list[SSE]:
+    """Parse an SSE response (per the WHATWG spec's field rules) until it ends or `until` says stop.
+
+    Pass `response.iter_lines()` instead of the response to go on reading the same open stream later.
+    """
+    lines = response.iter_lines() if isinstance(response, httpx.Response) else response
     events: list[SSE] = []
     event_id: str | None = None
     kind, data = "", list[str]()
-    for line in response.iter_lines():
+    for line in lines:
         if line == "":
             if data or kind:
                 item = SSE(event_id, kind or "message", "\n".join(data))

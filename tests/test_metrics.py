@@ -44,6 +44,9 @@ class FakeRunner:
     def gpu_sample(self) -> GpuSample | None:
         return self.sample
 
+    def load(self, emit: Emit | None = None) -> Any:
+        raise AssertionError("the model is never loaded in these tests")
+
     def run(self, job_id: str, params: JobParams, emit: Emit, cancel: threading.Event) -> Any:
         raise AssertionError("no job runs in these tests")
 

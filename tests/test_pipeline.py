@@ -57,8 +57,9 @@ class Recorder:
         return [data["step"] for kind, data in self.events if kind == "step"]
 
     def sequence(self) -> list[tuple[str, object]]:
-        """Phase and step events in order (with a preview's step for previews)."""
-        return [(kind, data["step"] if kind == "preview" else data.get(kind)) for kind, data in self.events]
+        """Events in order: a phase's name, a step's or preview's number, a loading event's component."""
+        keys = {"preview": "step", "loading": "component"}
+        return [(kind, data[keys.get(kind, kind)]) for kind, data in self.events]
 
 
 @pytest.fixture
@@ -141,8 +142,13 @@ def test_a_job_reports_every_phase_and_step_and_the_second_skips_loading(worker:
     assert list(first.phases) == list(PHASES)
     assert all(s > 0 for s in first.phases.values())
     assert first.warm_up is True
+    assert list(first.load_timings) == ["text_encoder", "transformer", "vae"]
+    assert sum(first.load_timings.values()) <= first.phases["loading"]
     assert events.sequence() == [
         ("phase", "loading"),
+        ("loading", "text_encoder"),  # each part of the checkpoint as it starts loading
+        ("loading", "transformer"),
+        ("loading", "vae"),
         ("phase", "encoding"),
         ("phase", "denoising"),
         ("step", 1),
@@ -167,6 +173,7 @@ def test_a_job_reports_every_phase_and_step_and_the_second_skips_loading(worker:
     assert events.steps() == [1, 2, 3, 4]
     assert len(second.step_s) == 4
     assert second.warm_up is False
+    assert second.load_timings == {}
 
 
 def test_the_png_has_the_size_and_the_generation_parameters(worker: Worker, images_dir: Path) -> None:

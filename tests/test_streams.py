@@ -150,7 +150,7 @@ def script(events: list[SSE]) -> list[str]:
     for event in events:
         data = event.json()
         if event.event == "phase":
-            words.append(f"phase:{data['phase']}")
+            words.append(f"phase:{data['phase']}" + (f":{data['component']}" if "component" in data else ""))
         elif event.event == "step":
             words.append(f"step:{data['step']}/{data['total']}")
         elif event.event == "preview":
@@ -161,7 +161,12 @@ def script(events: list[SSE]) -> list[str]:
 
 
 def expected_script(steps: int, *, loading: bool = False) -> list[str]:
-    phases = [f"phase:{p}" for p in PHASES if p != "loading" or loading]
+    phases = [f"phase:{p}" for p in PHASES if p != "loading"]
+    if loading:  # the load reports each part of the checkpoint as it starts
+        phases[:0] = [
+            "phase:loading",
+            *(f"phase:loading:{part}" for part in ("text_encoder", "transformer", "vae")),
+        ]
     before, after = phases[: phases.index("phase:denoising") + 1], phases[phases.index("phase:decoding") :]
     # A preview follows every step (the default preview_every=1).
     denoising = [word for n in range(1, steps + 1) for word in (f"step:{n}/{steps}", f"preview:{n}")]

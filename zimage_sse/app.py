@@ -46,6 +46,8 @@ def create_app(settings: Settings) -> Starlette:
             store, worker, Broadcaster(settings.subscriber_queue), replay_events=settings.replay_events
         )
         await manager.start()
+        if settings.preload:
+            manager.preload()
         app.state.manager = manager
         metrics = Metrics(manager)
         await metrics.start()

@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--models-dir", type=Path, help="where embedded models are built (default DATA_DIR/models)"
     )
+    serve.add_argument(
+        "--preload",
+        action="store_true",
+        default=None,
+        help="load the model at start instead of with the first job (ZIMAGE_SSE_PRELOAD=1)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     generate = commands.add_parser(
@@ -117,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=args.device,
             dtype=args.dtype,
             data_dir=args.data_dir,
+            preload=args.preload,
             models_dir=args.models_dir,
         )
     except ValueError as exc:

@@ -56,6 +56,8 @@ class Settings:
     heartbeat_s: float = 15.0
     # A live preview every N denoising steps (0: none). Turbo runs 8 steps, so every step by default.
     preview_every: int = 1
+    # Load the model when the server starts instead of with the first job.
+    preload: bool = False
     # Per-subscriber queue length before a slow SSE client is disconnected (it can resume).
     subscriber_queue: int = 256
     # Events kept per job for Last-Event-ID replay.
@@ -94,6 +96,10 @@ class Settings:
 def _parse_env(name: str, raw: str, type_name: object) -> object:
     kind = str(type_name)
     try:
+        if kind == "bool":
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError("use 1/0, true/false or yes/no")
+            return raw.lower() in ("1", "true", "yes")
         if kind == "int":
             return int(raw)
         if kind == "float":

@@ -230,6 +230,32 @@ class Store:
             job["phases"] = phases.get(job["id"], {})
         return jobs
 
+    async def record_model_load(
+        self,
+        load_id: str,
+        loaded_at: float,
+        model: str,
+        device: str,
+        dtype: str,
+        timings: Mapping[str, float],
+    ) -> None:
+        await self._conn.executemany(
+            "INSERT INTO model_loads (load_id, loaded_at, model, device, dtype, component, seconds)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(load_id, loaded_at, model, device, dtype, name, seconds) for name, seconds in timings.items()],
+        )
+        await self._conn.commit()
+
+    async def model_load_totals(self, limit: int = 200) -> list[dict[str, Any]]:
+        """Whole-model load times (the sum of its components), newest `limit` loads, oldest first."""
+        rows = await self._select(
+            "SELECT model, device, dtype, SUM(seconds) AS seconds, MAX(loaded_at) AS loaded_at"
+            " FROM model_loads GROUP BY load_id ORDER BY loaded_at DESC LIMIT ?",
+            (limit,),
+        )
+        rows.reverse()
+        return rows
+
     async def eta_accuracy_rows(self) -> list[dict[str, Any]]:
         """Every recorded prediction with its job's actual run time and size, oldest job first."""
         return await self._select(

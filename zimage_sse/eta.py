@@ -193,12 +193,24 @@ class EtaModel:
     def __init__(self, records: Iterable[JobRecord] = ()) -> None:
         self._records: dict[Key, list[JobRecord]] = {}
         self._fitted: dict[Key, _Fitted] = {}
+        self._loads: dict[Key, list[float]] = {}
         for record in records:
             self.add(record)
 
     def add(self, record: JobRecord) -> None:
         self._records.setdefault(record.key, []).append(record)
         self._fitted.pop(record.key, None)
+
+    def add_load(self, key: Key, seconds: float) -> None:
+        """A whole-model load, timed component by component (a preload as well as a job's own)."""
+        self._loads.setdefault(key, []).append(seconds)
+        self._fitted.pop(key, None)
+
+    def load_estimate(self, key: Key) -> float | None:
+        loads = self._loads.get(key)
+        if loads:
+            return statistics.median(loads)
+        return self._fit(key).load_s if key in self._records else None
 
     def records(self, key: Key) -> list[JobRecord]:
         return list(self._records.get(key, ()))
@@ -233,7 +245,7 @@ class EtaModel:
             encode_s=fitted.encode_s or 0.0,
             decode_s=self._phase(fitted, "decoding", size, self._decode_fallback(fitted, step)),
             save_s=self._phase(fitted, "saving", size, 0.0),
-            load_s=0.0 if loaded else fitted.load_s,
+            load_s=0.0 if loaded else self.load_estimate(key),
             warmup_s=fitted.warmup_s if warm_up else 0.0,
             source=source,
         )

@@ -56,6 +56,8 @@ class Runner(Protocol):
 
     def gpu_sample(self) -> Any: ...
 
+    def load(self, emit: Emit | None = None) -> Any: ...
+
     def run(self, job_id: str, params: JobParams, emit: Emit, cancel: threading.Event) -> Any: ...
 
 
@@ -86,6 +88,7 @@ class JobState:
     predicted_total_s: float | None = None
     live: LiveEstimate | None = None
     preview: dict[str, Any] | None = None  # the latest `preview` event's data
+    loading: dict[str, Any] | None = None  # the component being loaded: component, index, count
     # Wall-clock time of the last ETA, so elapsed and the ETA agree on when they were measured.
     eta_at: float | None = None
     progress_floor: float = 0.0
@@ -154,6 +157,7 @@ class JobState:
             ),
             "predicted_total_s": None if self.predicted_total_s is None else round(self.predicted_total_s, 3),
             "preview": self.preview if self.status == "running" else None,
+            "loading": self.loading if self.phase == "loading" else None,
         }
 
     @classmethod
@@ -202,6 +206,18 @@ class JobManager:
         self.eta = EtaModel()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"worker-{runner.device}")
         self._task: asyncio.Task[None] | None = None
+        self._preload: asyncio.Task[None] | None = None
+        # What GET /api/status and `status` events say about the model.
+        self.model_status: dict[str, Any] = {
+            "state": "unloaded",  # unloaded, loading, ready, failed
+            "model": runner.model,
+            "device": runner.device,
+            "component": None,
+            "index": None,
+            "count": None,
+            "error": None,
+            "since": time.time(),
+        }
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -217,6 +233,8 @@ class JobManager:
             self._pending.append(state.id)
         for row in await self.store.timing_history():
             self.eta.add(_record(row))
+        for row in await self.store.model_load_totals():
+            self.eta.add_load((row["model"], row["device"], row["dtype"]), float(row["seconds"]))
         self._renumber()
         self._task = asyncio.create_task(self._run_queue(), name="job-queue")
 
@@ -462,8 +480,60 @@ class JobManager:
             )
         self._publish(None, "queue", {"running": self._running, "queued": list(self._pending)})
 
+    def preload(self) -> None:
+        """Load the model now rather than with the first job; jobs wait in the queue meanwhile."""
+        self._preload = asyncio.create_task(self._load_model(), name="preload")
+
+    async def _load_model(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._set_model_status(state="loading")
+
+        def emit(kind: str, data: dict[str, Any]) -> None:
+            if kind == "loading":
+                loop.call_soon_threadsafe(lambda: self._set_model_status(state="loading", **data))
+
+        try:
+            await loop.run_in_executor(self._executor, self.runner.load, emit)
+        except Exception as exc:
+            logger.exception("preloading the model failed")
+            self._set_model_status(state="failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        await self._model_loaded(dict(getattr(self.runner, "load_timings", {})))
+
+    async def _model_loaded(self, timings: dict[str, float]) -> None:
+        self._set_model_status(state="ready", component=None, index=None, count=None, error=None)
+        if timings:
+            key = (self.runner.model, self.runner.device, self.runner.dtype_name)
+            await self.store.record_model_load(secrets.token_hex(8), time.time(), *key, timings)
+            self.eta.add_load(key, sum(timings.values()))
+            logger.info(
+                "model %s loaded in %.1f s: %s",
+                key[0],
+                sum(timings.values()),
+                ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()),
+            )
+
+    def _set_model_status(self, **changes: Any) -> None:
+        if changes.get("state") != self.model_status["state"]:
+            changes["since"] = time.time()
+        self.model_status.update(changes)
+        self._publish(None, "status", dict(self.model_status))
+
+    def model_status_snapshot(self) -> dict[str, Any]:
+        """The model's state, with the expected time left while it loads (from past loads)."""
+        status = dict(self.model_status)
+        expected = self.eta.load_estimate((self.runner.model, self.runner.device, self.runner.dtype_name))
+        if status["state"] == "loading" and expected is not None:
+            status["eta_s"] = round(max(0.0, expected - (time.time() - status["since"])), 3)
+        else:
+            status["eta_s"] = None
+        return status
+
     async def _run_queue(self) -> None:
         while True:
+            if self._preload is not None:
+                await asyncio.wait({self._preload})
+                self._preload = None
             if not self._pending:
                 self._wakeup.clear()
                 await self._wakeup.wait()
@@ -522,6 +592,10 @@ class JobManager:
             state.images = list(outcome.images)
             state.step_s = list(outcome.step_s)
             state.phases.update(outcome.phases)
+            if outcome.load_timings:
+                await self._model_loaded(dict(outcome.load_timings))
+        elif state.phase == "loading":
+            self._set_model_status(state="failed", error=error)
         await self._finish_job(state, status, error=error, outcome=outcome)
         self._queue_changed()
 
@@ -585,7 +659,19 @@ class JobManager:
         if state.terminal:
             return
         now = time.time()
-        if kind == "phase":
+        if kind == "loading":
+            state.loading = data
+            self._set_model_status(state="loading", **data)
+            self._publish(
+                state,
+                "phase",
+                {"phase": "loading", **data, "eta_s": None if state.eta_s is None else round(state.eta_s, 3)},
+            )
+        elif kind == "phase":
+            if data["phase"] == "loading":
+                self._set_model_status(state="loading")
+            elif state.phase == "loading":
+                self._set_model_status(state="ready", component=None, index=None, count=None, error=None)
             state.phase = data["phase"]
             if state.live is not None:
                 state.live.on_phase(data["phase"], now)

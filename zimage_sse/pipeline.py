@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,16 +198,40 @@ def build_embedded(spec: EmbeddedSpec) -> Any:
     )
 
 
-def load_pipeline(location: str, device: str, dtype: torch.dtype) -> Any:
+# The big parts of a Z-Image checkpoint, loaded one by one so a load can report its progress.
+LOAD_COMPONENTS = ("text_encoder", "transformer", "vae")
+
+
+def load_pipeline(
+    location: str,
+    device: str,
+    dtype: torch.dtype,
+    on_component: Callable[[str, int, int], None] | None = None,
+) -> Any:
+    """Load a Z-Image pipeline component by component onto `device`; `on_component(name, index, count)`
+    is called as each one starts (the tokenizer and scheduler, which are small, come with the VAE)."""
     import diffusers.utils.logging
     import transformers.utils.logging
-    from diffusers import ZImagePipeline
+    from diffusers import AutoencoderKL, ZImagePipeline, ZImageTransformer2DModel
+    from transformers import AutoModel
 
     # Our own events report progress; the libraries' tqdm bars would only clutter the server log.
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
 
-    pipe = ZImagePipeline.from_pretrained(location, dtype=dtype)
+    loaders: dict[str, Callable[[], Any]] = {
+        "text_encoder": lambda: AutoModel.from_pretrained(location, subfolder="text_encoder", dtype=dtype),
+        "transformer": lambda: ZImageTransformer2DModel.from_pretrained(
+            location, subfolder="transformer", torch_dtype=dtype
+        ),
+        "vae": lambda: AutoencoderKL.from_pretrained(location, subfolder="vae", torch_dtype=dtype),
+    }
+    parts: dict[str, Any] = {}
+    for index, name in enumerate(LOAD_COMPONENTS, start=1):
+        if on_component is not None:
+            on_component(name, index, len(LOAD_COMPONENTS))
+        parts[name] = loaders[name]().to(device)
+    pipe = ZImagePipeline.from_pretrained(location, dtype=dtype, **parts)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -35,6 +35,7 @@ class Outcome:
     warm_up: bool
     gpu_util_mean: float | None = None
     gpu_mem_peak_mb: float | None = None
+    load_timings: dict[str, float] = field(default_factory=dict)  # per component, when this job loaded
 
 
 # Sample GPU load at most this often during a job: NVML reads cost microseconds, but need not be per step.
@@ -96,6 +97,7 @@ class Worker:
         self.dtype = pipeline.resolve_dtype(dtype, self.device)
         self._pipe: Any = None
         self._warm = False
+        self.load_timings: dict[str, float] = {}
         self.gpu = GpuMonitor(self.device)
 
     @property
@@ -121,11 +123,27 @@ class Worker:
         if self.device.startswith("cuda"):
             torch.cuda.synchronize(self.device)
 
-    def load(self) -> Any:
+    def load(self, emit: Emit | None = None) -> Any:
+        """Make the model resident, reporting each component as a `loading` event; the time each
+        took is kept in `load_timings` until the job that loaded it has been recorded."""
         if self._pipe is None:
+            timings: dict[str, float] = {}
+            current: list[Any] = [None, time.perf_counter()]
+
+            def on_component(name: str, index: int, count: int) -> None:
+                now = time.perf_counter()
+                if current[0] is not None:
+                    timings[current[0]] = now - current[1]
+                current[0], current[1] = name, now
+                if emit is not None:
+                    emit("loading", {"component": name, "index": index, "count": count})
+
             location = pipeline.model_location(self.model, self.models_dir)
-            self._pipe = pipeline.load_pipeline(location, self.device, self.dtype)
-            self._warm = False
+            pipe = pipeline.load_pipeline(location, self.device, self.dtype, on_component)
+            self._sync()
+            if current[0] is not None:
+                timings[current[0]] = time.perf_counter() - current[1]
+            self._pipe, self._warm, self.load_timings = pipe, False, timings
         return self._pipe
 
     def run(self, job_id: str, params: JobParams, emit: Emit, cancel: threading.Event) -> Outcome:
@@ -145,7 +163,8 @@ class Worker:
         timer = _Timer(self._sync)
         load = _LoadSamples(self.gpu)
         load.take(time.perf_counter())
-        pipe = self._pipe if self._pipe is not None else timer.run("loading", emit, self.load)
+        self.load_timings = {}
+        pipe = self._pipe if self._pipe is not None else timer.run("loading", emit, lambda: self.load(emit))
         warm_up = not self._warm
         guided = params.guidance > 0
 
@@ -244,6 +263,7 @@ class Worker:
             warm_up=warm_up,
             gpu_util_mean=load.util_mean,
             gpu_mem_peak_mb=load.mem_peak_mb,
+            load_timings=dict(self.load_timings),
         )
 
     @staticmethod

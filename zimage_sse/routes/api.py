@@ -83,6 +83,12 @@ async def image(request: Request) -> Response:
     )
 
 
+async def model_status(request: Request) -> Response:
+    """GET /api/status: the model unloaded, loading (which part, about how long), ready or failed."""
+    manager = manager_of(request)
+    return JSONResponse({**manager.model_status_snapshot(), "queued": len(manager.queued())})
+
+
 async def eta_accuracy(request: Request) -> Response:
     """How far the predicted total was from the actual run time at 0, 10, 25 and 50 % of each job."""
     rows = await manager_of(request).store.eta_accuracy_rows()
@@ -139,5 +145,6 @@ routes = [
     Route("/api/jobs/{job_id}", get_job, methods=["GET"]),
     Route("/api/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
     Route("/api/eta/accuracy", eta_accuracy, methods=["GET"]),
+    Route("/api/status", model_status, methods=["GET"]),
     Route("/images/{name}", image, methods=["GET"]),
 ]
