@@ -8,13 +8,13 @@ import no torch.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import logs
 from .config import Settings
 
 CLIENT_PARAMS = ("width", "height", "steps", "seed", "guidance", "negative_prompt", "num_images")
@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="load the model at start instead of with the first job (ZIMAGE_SSE_PRELOAD=1)",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--log-format",
+        default=os.environ.get("ZIMAGE_SSE_LOG_FORMAT", "text"),
+        choices=["text", "json"],
+        help="text lines, or one JSON object a line; both name the job on every line about one",
+    )
 
     generate = commands.add_parser(
         "generate",
@@ -112,9 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("generate", "watch"):
         return run_client(args)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(args.log_level, args.log_format)
     try:
         settings = Settings.from_env().with_overrides(
             host=args.host,
@@ -138,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         host=settings.host,
         port=settings.port,
         log_level=args.log_level,
+        log_config=None,  # uvicorn's lines go through our handler and format too
         timeout_graceful_shutdown=5,
     )
     return 0

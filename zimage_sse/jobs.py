@@ -24,6 +24,7 @@ from .broadcaster import ALL, Broadcaster, Subscription
 from .db import Store
 from .eta import EtaModel, JobRecord, LiveEstimate, Prediction, accuracy_points
 from .events import TERMINAL, Cancelled, Event, JobFailed
+from .logs import job_context
 from .params import JobParams
 
 logger = logging.getLogger(__name__)
@@ -306,12 +307,12 @@ class JobManager:
         self._queue_changed()
         self._wakeup.set()
         logger.info(
-            "job %s queued at position %s: %dx%d, %d steps",
-            state.id,
+            "queued at position %s: %dx%d, %d steps",
             state.position,
             params.width,
             params.height,
             params.steps,
+            extra={"job_id": state.id},
         )
         return state
 
@@ -325,7 +326,7 @@ class JobManager:
             self._queue_changed()
         else:
             # The worker checks this at the next step and stops without decoding.
-            logger.info("job %s: cancel requested while %s", job_id, state.phase)
+            logger.info("cancel requested while %s", state.phase, extra={"job_id": job_id})
             state.cancel.set()
         return state
 
@@ -540,12 +541,13 @@ class JobManager:
                 continue
             job_id = self._pending.pop(0)
             try:
-                await self._execute(self._jobs[job_id])
+                with job_context(job_id):
+                    await self._execute(self._jobs[job_id])
             except asyncio.CancelledError:
                 raise
             except Exception:
                 # The queue must survive anything one job does, or every later job waits forever.
-                logger.exception("job %s: unexpected error in the job manager", job_id)
+                logger.exception("unexpected error in the job manager")
 
     async def _execute(self, state: JobState) -> None:
         loop = asyncio.get_running_loop()
@@ -584,7 +586,7 @@ class JobManager:
         except JobFailed as exc:
             status, error = "failed", exc.reason
         except Exception as exc:
-            logger.exception("job %s: the runner raised", state.id)
+            logger.exception("the runner raised")
             status, error = "failed", f"{type(exc).__name__}: {exc}"
         finally:
             self._running = None
@@ -652,7 +654,7 @@ class JobManager:
                 phases={k: round(v, 4) for k, v in state.phases.items()},
                 step_s=[round(s, 4) for s in state.step_s],
             )
-        logger.info("job %s %s%s", state.id, status, f": {error}" if error else "")
+        logger.info("%s%s", status, f": {error}" if error else "", extra={"job_id": state.id})
         self._publish(state, status, payload)
 
     def _on_worker_event(self, state: JobState, kind: str, data: dict[str, Any]) -> None:

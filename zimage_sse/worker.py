@@ -20,6 +20,7 @@ import torch
 from . import images, pipeline, preview
 from .events import Cancelled, JobFailed
 from .gpu import GpuMonitor, GpuSample
+from .logs import job_context
 from .params import JobParams
 
 logger = logging.getLogger(__name__)
@@ -148,16 +149,17 @@ class Worker:
 
     def run(self, job_id: str, params: JobParams, emit: Emit, cancel: threading.Event) -> Outcome:
         """Run one job; raises Cancelled, or JobFailed with a readable reason (errors end here, once)."""
-        try:
-            return self._run(job_id, params, emit, cancel)
-        except Cancelled:
-            raise
-        except Exception as exc:
-            logger.exception("job %s failed", job_id)
-            raise JobFailed(describe_error(exc)) from exc
-        finally:
-            if self.device.startswith("cuda"):
-                torch.cuda.empty_cache()  # an out-of-memory job must not starve the next one
+        with job_context(job_id):
+            try:
+                return self._run(job_id, params, emit, cancel)
+            except Cancelled:
+                raise
+            except Exception as exc:
+                logger.exception("failed")
+                raise JobFailed(describe_error(exc)) from exc
+            finally:
+                if self.device.startswith("cuda"):
+                    torch.cuda.empty_cache()  # an out-of-memory job must not starve the next one
 
     def _run(self, job_id: str, params: JobParams, emit: Emit, cancel: threading.Event) -> Outcome:
         timer = _Timer(self._sync)
