@@ -85,3 +85,21 @@ def test_preload_makes_the_server_ready_before_any_job(make_server: Callable[...
     assert events[-1].event == "done"
     assert load_events(events) == []  # nothing left to load
     assert sorted(name for name, _ in model_loads(server)) == sorted(PARTS)
+
+
+def test_an_idle_model_is_unloaded_and_the_next_job_loads_it_again(
+    make_server: Callable[..., Server],
+) -> None:
+    server = make_server(unload_after="0.5")
+    with server.client() as client:
+        with client.stream("GET", "/api/events") as feed:
+            lines = feed.iter_lines()
+            read_sse(lines, until=lambda e: e.event == "snapshot")
+            first = follow(client, submit(client, steps=2)["id"])
+            # No job for half a second: the model goes, and the status says so.
+            read_sse(lines, until=lambda e: e.event == "status" and e.json()["state"] == "unloaded")
+        assert client.get("/api/status").json()["state"] == "unloaded"
+        assert client.get("/ready").status_code == 503
+        second = follow(client, submit(client, steps=2)["id"])
+    assert load_events(first) and load_events(second)  # both jobs loaded the model
+    assert second[-1].event == "done"

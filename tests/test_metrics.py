@@ -47,6 +47,9 @@ class FakeRunner:
     def load(self, emit: Emit | None = None) -> Any:
         raise AssertionError("the model is never loaded in these tests")
 
+    def unload(self) -> None:
+        raise AssertionError("the model is never unloaded in these tests")
+
     def run(self, job_id: str, params: JobParams, emit: Emit, cancel: threading.Event) -> Any:
         raise AssertionError("no job runs in these tests")
 

@@ -43,7 +43,11 @@ def create_app(settings: Settings) -> Starlette:
             preview_every=settings.preview_every,
         )
         manager = JobManager(
-            store, worker, Broadcaster(settings.subscriber_queue), replay_events=settings.replay_events
+            store,
+            worker,
+            Broadcaster(settings.subscriber_queue),
+            replay_events=settings.replay_events,
+            unload_after=settings.unload_after,
         )
         await manager.start()
         if settings.preload:

@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="load the model at start instead of with the first job (ZIMAGE_SSE_PRELOAD=1)",
     )
+    serve.add_argument(
+        "--unload-after",
+        type=float,
+        help="unload the model after this many seconds without jobs (default 0: never)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument(
         "--log-format",
@@ -128,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             dtype=args.dtype,
             data_dir=args.data_dir,
             preload=args.preload,
+            unload_after=args.unload_after,
             models_dir=args.models_dir,
         )
     except ValueError as exc:

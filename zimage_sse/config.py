@@ -58,6 +58,8 @@ class Settings:
     preview_every: int = 1
     # Load the model when the server starts instead of with the first job.
     preload: bool = False
+    # Unload the model after this many seconds without jobs (0: keep it loaded).
+    unload_after: float = 0.0
     # Per-subscriber queue length before a slow SSE client is disconnected (it can resume).
     subscriber_queue: int = 256
     # Events kept per job for Last-Event-ID replay.

@@ -59,6 +59,8 @@ class Runner(Protocol):
 
     def load(self, emit: Emit | None = None) -> Any: ...
 
+    def unload(self) -> None: ...
+
     def run(self, job_id: str, params: JobParams, emit: Emit, cancel: threading.Event) -> Any: ...
 
 
@@ -191,7 +193,9 @@ class JobManager:
         *,
         replay_events: int = 512,
         keep_finished: int = 200,
+        unload_after: float = 0.0,
     ) -> None:
+        self._unload_after = unload_after
         self.store = store
         self.runner = runner
         self.broadcaster = broadcaster
@@ -514,6 +518,11 @@ class JobManager:
                 ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()),
             )
 
+    async def _unload(self) -> None:
+        logger.info("unloading the model after %.0f s without jobs", self._unload_after)
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.runner.unload)
+        self._set_model_status(state="unloaded", component=None, index=None, count=None, error=None)
+
     def _set_model_status(self, **changes: Any) -> None:
         if changes.get("state") != self.model_status["state"]:
             changes["since"] = time.time()
@@ -537,6 +546,12 @@ class JobManager:
                 self._preload = None
             if not self._pending:
                 self._wakeup.clear()
+                if self._unload_after > 0 and self.runner.loaded:
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), self._unload_after)
+                    except TimeoutError:
+                        await self._unload()
+                    continue
                 await self._wakeup.wait()
                 continue
             job_id = self._pending.pop(0)

@@ -6,6 +6,7 @@ the web tier. Events go out through `emit`, a thread-safe callable that the job 
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -110,6 +111,13 @@ class Worker:
     def warm(self) -> bool:
         """A generation has run since the load: the next job pays no warm-up."""
         return self._warm
+
+    def unload(self) -> None:
+        """Give the device memory back; the next job loads the model again."""
+        self._pipe, self._warm = None, False
+        gc.collect()
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
 
     def gpu_sample(self) -> GpuSample | None:
         return self.gpu.sample()
