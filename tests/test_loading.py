@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Callable
 from contextlib import closing
@@ -103,3 +104,33 @@ def test_an_idle_model_is_unloaded_and_the_next_job_loads_it_again(
         second = follow(client, submit(client, steps=2)["id"])
     assert load_events(first) and load_events(second)  # both jobs loaded the model
     assert second[-1].event == "done"
+
+
+def test_a_job_queued_behind_a_load_says_what_it_waits_for(tmp_path: Path) -> None:
+    """The job panel as the page and its stream render it for a job waiting on a preload."""
+    from zimage_sse.templating import make_templates
+
+    job = {
+        "id": "0123456789abcdef",
+        "status": "queued",
+        "params": {"prompt": "a fox", "width": 512, "height": 512, "steps": 8},
+        "position": 1,
+        "step": 0,
+        "total": 8,
+        "percent": 0.0,
+        "elapsed_s": None,
+        "eta_s": None,
+        "step_s": None,
+        "predicted_start_s": None,
+        "predicted_total_s": None,
+        "model_loading": {
+            "state": "loading",
+            "component": "transformer",
+            "index": 2,
+            "count": 3,
+            "eta_s": 12.4,
+        },
+    }
+    html = make_templates().get_template("_job.html").render(job=job)
+    text = " ".join(re.sub(r"<[^>]+>", "", html).split())
+    assert "Waiting for the model to load: transformer (2/3), about 12 s left." in text

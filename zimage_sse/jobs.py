@@ -92,6 +92,7 @@ class JobState:
     live: LiveEstimate | None = None
     preview: dict[str, Any] | None = None  # the latest `preview` event's data
     loading: dict[str, Any] | None = None  # the component being loaded: component, index, count
+    model_loading: dict[str, Any] | None = None  # while queued behind a load: the model's status
     # Wall-clock time of the last ETA, so elapsed and the ETA agree on when they were measured.
     eta_at: float | None = None
     progress_floor: float = 0.0
@@ -161,6 +162,7 @@ class JobState:
             "predicted_total_s": None if self.predicted_total_s is None else round(self.predicted_total_s, 3),
             "preview": self.preview if self.status == "running" else None,
             "loading": self.loading if self.phase == "loading" else None,
+            "model_loading": self.model_loading if self.status == "queued" else None,
         }
 
     @classmethod
@@ -528,6 +530,12 @@ class JobManager:
             changes["since"] = time.time()
         self.model_status.update(changes)
         self._publish(None, "status", dict(self.model_status))
+        # Jobs waiting behind a load say what they wait for ("loading model: transformer (2/3) …").
+        loading = self.model_status_snapshot() if self.model_status["state"] == "loading" else None
+        for state in self.queued():
+            if loading is not None or state.model_loading is not None:
+                state.model_loading = loading
+                self._publish(state, "queued", {"position": state.position, "model_loading": loading})
 
     def model_status_snapshot(self) -> dict[str, Any]:
         """The model's state, with the expected time left while it loads (from past loads)."""
