@@ -45,7 +45,7 @@ def test_the_first_job_reports_each_part_of_the_load_in_order(tmp_path: Path, mo
     assert states[0] == "loading" and states[-1] == "ready" and "failed" not in states
     assert status["state"] == "ready" and status["model"] == "tiny"
     timed = model_loads(server)
-    assert [name for name, _ in timed] == PARTS or sorted(name for name, _ in timed) == sorted(PARTS)
+    assert sorted(name for name, _ in timed) == sorted(PARTS)
     assert all(seconds > 0 for _, seconds in timed)
 
 

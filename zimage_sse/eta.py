@@ -376,9 +376,6 @@ def _nearest(known: Mapping[Size, float], target: int, measure: Callable[[Size],
     return min(known, key=lambda s: abs(math.log(measure(s) / target)))
 
 
-PHASE_ORDER = ("loading", "encoding", "denoising", "decoding", "saving")
-
-
 @dataclass
 class LiveEstimate:
     """One running job's estimate, updated on each phase and step event (all times wall-clock)."""

@@ -34,10 +34,6 @@ class GpuMonitor:
         except Exception as exc:  # no driver, no library, or a device NVML does not know
             logger.info("GPU load is not sampled (%s)", exc)
 
-    @property
-    def available(self) -> bool:
-        return self._handle is not None
-
     def sample(self) -> GpuSample | None:
         if self._handle is None:
             return None

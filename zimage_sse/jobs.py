@@ -150,16 +150,16 @@ class JobState:
             "step": self.step,
             "total": self.params.steps,
             "step_s": self.step_s[-1] if self.step_s else None,
-            "elapsed_s": None if elapsed is None else round(elapsed, 3),
-            "eta_s": None if remaining is None else round(remaining, 3),
+            "elapsed_s": _seconds(elapsed),
+            "eta_s": _seconds(remaining),
             "percent": round(self.percent(now), 1),
             "images": [image_url(name) for name in self.images],
             "phases": {k: round(v, 4) for k, v in self.phases.items()},
             "error": self.error,
             "predicted_start_s": (
-                None if self.predicted_start_at is None else round(max(0.0, self.predicted_start_at - now), 3)
+                None if self.predicted_start_at is None else _seconds(max(0.0, self.predicted_start_at - now))
             ),
-            "predicted_total_s": None if self.predicted_total_s is None else round(self.predicted_total_s, 3),
+            "predicted_total_s": _seconds(self.predicted_total_s),
             "preview": self.preview if self.status == "running" else None,
             "loading": self.loading if self.phase == "loading" else None,
             "model_loading": self.model_loading if self.status == "queued" else None,
@@ -542,7 +542,7 @@ class JobManager:
         status = dict(self.model_status)
         expected = self.eta.load_estimate((self.runner.model, self.runner.device, self.runner.dtype_name))
         if status["state"] == "loading" and expected is not None:
-            status["eta_s"] = round(max(0.0, expected - (time.time() - status["since"])), 3)
+            status["eta_s"] = _seconds(max(0.0, expected - (time.time() - status["since"])))
         else:
             status["eta_s"] = None
         return status
@@ -690,7 +690,7 @@ class JobManager:
             self._publish(
                 state,
                 "phase",
-                {"phase": "loading", **data, "eta_s": None if state.eta_s is None else round(state.eta_s, 3)},
+                {"phase": "loading", **data, "eta_s": _seconds(state.eta_s)},
             )
         elif kind == "phase":
             if data["phase"] == "loading":
@@ -704,7 +704,7 @@ class JobManager:
             self._publish(
                 state,
                 "phase",
-                {"phase": state.phase, "eta_s": None if state.eta_s is None else round(state.eta_s, 3)},
+                {"phase": state.phase, "eta_s": _seconds(state.eta_s)},
             )
         elif kind == "step":
             state.step = data["step"]
@@ -718,8 +718,8 @@ class JobManager:
                 "step",
                 {
                     **data,
-                    "elapsed_s": None if elapsed is None else round(elapsed, 3),
-                    "eta_s": None if state.eta_s is None else round(state.eta_s, 3),
+                    "elapsed_s": _seconds(elapsed),
+                    "eta_s": _seconds(state.eta_s),
                     "percent": round(state.percent(now), 1),
                 },
             )
@@ -734,6 +734,11 @@ def _latest_preview_only(events: list[Event]) -> list[Event]:
     """A resuming client needs the newest preview of each job, not a backlog of stale ones."""
     newest = {event.job_id: event.seq for event in events if event.kind == "preview"}
     return [event for event in events if event.kind != "preview" or newest[event.job_id] == event.seq]
+
+
+def _seconds(value: float | None) -> float | None:
+    """Seconds as events carry them: milliseconds are plenty, and None stays None ("not known")."""
+    return None if value is None else round(value, 3)
 
 
 def _parse_id(value: str | None) -> int | None:

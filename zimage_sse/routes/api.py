@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from ..config import Settings
 from ..eta import accuracy_report
+from ..events import STATUSES
 from ..images import JOB_ID
 from ..jobs import JobFinished, JobManager, JobNotFound
 from ..params import InvalidRequest, validate
@@ -51,8 +52,8 @@ async def list_jobs(request: Request) -> Response:
     limit = _query_int(request, "limit", 50, 1, 500, errors)
     offset = _query_int(request, "offset", 0, 0, 10**9, errors)
     status = request.query_params.get("status")
-    if status is not None and status not in ("queued", "running", "done", "failed", "cancelled"):
-        errors["status"] = "must be one of queued, running, done, failed, cancelled"
+    if status is not None and status not in STATUSES:
+        errors["status"] = f"must be one of {', '.join(STATUSES)}"
     if errors:
         raise InvalidRequest(errors)
     jobs = await manager_of(request).recent(limit=limit, offset=offset, status=status)
