@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import Browser, sync_playwright
 
 from zimage_sse import pipeline
 
@@ -62,7 +64,11 @@ class Server:
 
 
 def start_server(
-    data_dir: Path, models_dir: Path, model: str = "tiny", env: dict[str, str] | None = None
+    data_dir: Path,
+    models_dir: Path,
+    model: str = "tiny",
+    env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> Server:
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -91,6 +97,7 @@ def start_server(
         env=environment,
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
+        preexec_fn=preexec_fn,  # e.g. a resource limit for the server alone (tests/test_reliability.py)
     )
     server = Server(f"http://127.0.0.1:{port}", data_dir, process, log)
     deadline = time.monotonic() + 90
@@ -98,7 +105,7 @@ def start_server(
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{server.logs()}")
         try:
-            if httpx.get(f"{server.url}/api/jobs", timeout=2).status_code == 200:
+            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
                 return server
         except httpx.TransportError:
             pass
@@ -191,3 +198,26 @@ def follow(client: httpx.Client, job_id: str, headers: dict[str, str] | None = N
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         return read_sse(response)
+
+
+CHROMIUM = "/usr/bin/chromium"
+# The closed network here refuses Chromium's background connections; these flags keep it quiet.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium through Playwright (playwright install cannot download browsers here)."""
+    if shutil.which(CHROMIUM) is None:
+        pytest.fail(f"{CHROMIUM} is missing: scripts/setup.sh test installs Debian's chromium")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

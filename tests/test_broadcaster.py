@@ -93,8 +93,8 @@ async def test_two_subscribers_both_get_every_event_in_order() -> None:
 async def test_events_published_together_arrive_in_order() -> None:
     broadcaster = Broadcaster()
     events = [
-        Event("queued", {"position": 2}, job_id=A),
         Event("queued", {"position": 1}, job_id=A),
+        phase(A, "loading"),
         phase(A, "encoding"),
         phase(A, "denoising"),
         step(A, 1),
@@ -147,6 +147,29 @@ async def test_a_slow_subscriber_sees_the_newest_step_not_a_backlog() -> None:
         ("done", None),
     ]
     assert steps_of(received) == [(A, 8)]
+
+
+async def test_a_burst_of_queue_moves_leaves_one_queued_event_per_job() -> None:
+    """Each submit to a queue of N jobs tells all N where they stand: a reader that is a little behind
+    holds the newest position of each job, not N² events that would overflow it."""
+    broadcaster = Broadcaster(maxsize=8)
+    loading = Event("queued", {"position": 1, "model_loading": {"state": "loading"}}, job_id=A)
+    async with broadcaster.subscribe(ALL) as slow:
+        for length in range(1, 21):
+            for job in (A, B):
+                broadcaster.publish(Event("queued", {"position": 1, "queue_length": length}, job_id=job))
+        broadcaster.publish(loading)  # a partial update does not hide the full one
+        broadcaster.publish(done(B))
+        broadcaster.close_all()
+        received = await to_the_end(slow)
+
+    assert not slow.overflowed
+    assert [(e.job_id, e.kind, e.data.get("queue_length")) for e in received] == [
+        (A, "queued", 20),
+        (B, "queued", 20),
+        (A, "queued", None),
+        (B, "done", None),
+    ]
 
 
 async def test_steps_are_not_coalesced_across_a_phase() -> None:

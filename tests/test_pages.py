@@ -209,7 +209,7 @@ def test_history_lists_done_and_failed_jobs(server: Server, make_server: Callabl
         response = client.get("/history")
         assert response.status_code == 200
         row = history_row(response.text, job["id"])
-    assert Page(row[""]).find("img", src=f"/images/{job['id']}-0.png")
+    assert Page(row[""]).find("img", src=f"/thumbs/{job['id']}-0.jpg")
     assert Page(row["Prompt"]).text == "history: a quiet harbour"
     assert Page(row["Size"]).text == "256×256"
     assert Page(row["Seed"]).text == "31337"

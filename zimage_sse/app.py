@@ -11,12 +11,15 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
+from . import images
 from .broadcaster import Broadcaster
 from .config import Settings
 from .db import Store
+from .history import Retention
 from .jobs import JobManager
 from .metrics import Metrics
-from .routes import api, ops, pages, streams
+from .routes import api, auth, history, openapi, ops, pages, reports, streams
+from .security import security_middleware
 from .templating import make_templates
 
 logger = logging.getLogger(__name__)
@@ -33,6 +36,8 @@ def create_app(settings: Settings) -> Starlette:
         from .worker import Worker
 
         settings.images_dir.mkdir(parents=True, exist_ok=True)
+        for name in images.remove_partials(settings.images_dir):
+            logger.warning("removed %s, left half-written when the server last stopped", name)
         store = await Store.open(settings.db_path)
         worker = Worker(
             settings.model,
@@ -48,6 +53,7 @@ def create_app(settings: Settings) -> Starlette:
             Broadcaster(settings.subscriber_queue),
             replay_events=settings.replay_events,
             unload_after=settings.unload_after,
+            max_queue=settings.max_queue,
         )
         await manager.start()
         if settings.preload:
@@ -56,6 +62,8 @@ def create_app(settings: Settings) -> Starlette:
         metrics = Metrics(manager)
         await metrics.start()
         app.state.metrics = metrics
+        retention = Retention(manager, settings)
+        await retention.start()
         logger.info(
             "serving model %r on %s (%s), data in %s",
             settings.model,
@@ -66,6 +74,7 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
+            await retention.stop()
             await metrics.stop()
             await manager.stop()
             await store.close()
@@ -76,13 +85,22 @@ def create_app(settings: Settings) -> Starlette:
         )
     routes = [
         *pages.routes,
+        *history.routes,
+        *reports.routes,
         *api.routes,
         *streams.routes,
         *ops.routes,
+        *auth.routes,
+        *openapi.routes,
         Mount("/static/vendor", app=StaticFiles(directory=VENDOR_DIR, check_dir=False), name="vendor"),
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=api.exception_handlers)
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers=api.exception_handlers,
+        middleware=security_middleware(settings),
+    )
     app.state.settings = settings
     app.state.templates = make_templates()
     return app

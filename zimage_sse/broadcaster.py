@@ -1,8 +1,8 @@
 """In-process pub/sub from the job manager to every open stream.
 
 Each subscriber has its own bounded queue, so a slow client never slows the worker or other
-clients. A step event replaces an undelivered step of the same job (a slow reader sees the newest
-progress, not a backlog); when the queue is full anyway the subscriber is closed and its client
+clients. A step or queued event replaces an undelivered one of the same job (a slow reader sees the
+newest progress, not a backlog); when the queue is full anyway the subscriber is closed and its client
 resumes with Last-Event-ID, so terminal events are never silently dropped.
 """
 
@@ -16,6 +16,10 @@ from contextlib import asynccontextmanager
 from .events import Event
 
 ALL = "*"  # topic that receives every event, including queue-wide ones
+# Events that only say where a job is now, so a newer one makes an undelivered one useless: a step, and
+# a queued job's position and predictions. Without the latter, every submit to a queue of N jobs would
+# put N events in each subscriber's queue at once, and a burst of submits would overflow readers.
+SUPERSEDING = frozenset({"step", "queued"})
 
 
 class Subscription:
@@ -29,14 +33,15 @@ class Subscription:
     def offer(self, event: Event) -> None:
         if self.closed:
             return
-        if event.kind == "step":
-            # Drop the job's undelivered step if it is that job's latest event; the new one goes to
-            # the end, so events stay in publishing order (ids only ever rise on a feed).
-            # Previews in between do not matter (the newest one is kept anyway).
+        if event.kind in SUPERSEDING:
+            # Drop the job's undelivered event of the same kind if it is that job's latest event; the
+            # new one goes to the end, so events stay in publishing order (ids only ever rise on a
+            # feed). Previews in between do not matter (the newest one is kept anyway). A `queued`
+            # update replaces only one it fully covers (not the full one by a model-loading note).
             for index in range(len(self._items) - 1, -1, -1):
                 queued = self._items[index]
                 if queued.job_id == event.job_id and queued.kind != "preview":
-                    if queued.kind == "step":
+                    if queued.kind == event.kind and queued.data.keys() <= event.data.keys():
                         del self._items[index]
                     break
         elif event.kind == "preview":
@@ -52,7 +57,11 @@ class Subscription:
         self._items.append(event)
         self._wake.set()
 
-    def close(self) -> None:
+    def close(self, farewell: Event | None = None) -> None:
+        """End the subscription after what it holds; `farewell` (if any) is the last event it yields,
+        past the size limit, so a shutting-down server still tells every stream why it ends."""
+        if farewell is not None and not self.closed:
+            self._items.append(farewell)
         self.closed = True
         self._wake.set()
 
@@ -78,6 +87,7 @@ class Broadcaster:
     def __init__(self, maxsize: int = 256) -> None:
         self._maxsize = maxsize
         self._topics: dict[str, set[Subscription]] = {}
+        self._farewell: Event | None = None  # set by close_all: later subscribers get it at once
 
     @asynccontextmanager
     async def subscribe(self, topic: str) -> AsyncIterator[Subscription]:
@@ -90,6 +100,8 @@ class Broadcaster:
     def open(self, topic: str) -> Subscription:
         """Subscribe synchronously, so a caller can take a snapshot in the same loop turn (no gap)."""
         subscription = Subscription(self._maxsize)
+        if self._farewell is not None:
+            subscription.close(self._farewell)  # a stream opened during shutdown ends at once
         self._topics.setdefault(topic, set()).add(subscription)
         return subscription
 
@@ -108,10 +120,12 @@ class Broadcaster:
             for subscription in tuple(self._topics.get(topic, ())):
                 subscription.offer(event)
 
-    def close_all(self) -> None:
+    def close_all(self, farewell: Event | None = None) -> None:
+        """End every subscription, each with `farewell` as its last event, and any opened later too."""
+        self._farewell = farewell
         for subscribers in self._topics.values():
             for subscription in subscribers:
-                subscription.close()
+                subscription.close(farewell)
 
     @property
     def subscriber_count(self) -> int:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import logs
+from . import logs, report_cli
 from .config import Settings
 
 CLIENT_PARAMS = ("width", "height", "steps", "seed", "guidance", "negative_prompt", "num_images")
@@ -87,6 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("job_id", help="the job's id")
     _client_options(watch)
     watch.add_argument("--out", type=Path, help="save the image(s) here (as for generate)")
+
+    report = commands.add_parser(
+        "report",
+        help="print the reports from the database (no server needed)",
+        description="Step times, phases, model loads, ETA accuracy, throughput and GPU use, read from "
+        "DATA_DIR/zimage-sse.db (read only).",
+    )
+    report_cli.add_arguments(report)
+
+    info = commands.add_parser(
+        "info",
+        help="print the generation parameters a PNG carries",
+        description="Print the parameters, model, revision and device a PNG from zimage-sse carries "
+        "(or the `parameters` text of an AUTOMATIC1111 PNG). Exit status 1 when it carries none.",
+    )
+    info.add_argument("image", type=Path, help="a PNG file")
+    info.add_argument("--json", action="store_true", help="one JSON object, as POST /api/jobs/from-png gives")
     return parser
 
 
@@ -123,6 +140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("generate", "watch"):
         return run_client(args)
+    if args.command == "report":
+        return report_cli.run(args)
+    if args.command == "info":
+        from .repro import info
+
+        return info(args.image, as_json=args.json)
     logs.configure(args.log_level, args.log_format)
     try:
         settings = Settings.from_env().with_overrides(
@@ -139,19 +162,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"zimage-sse: {exc}", file=sys.stderr)
         return 2
-    import uvicorn
-
     from .app import create_app
+    from .serving import serve
 
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=args.log_level,
-        log_config=None,  # uvicorn's lines go through our handler and format too
-        timeout_graceful_shutdown=5,
-    )
-    return 0
+    # 3 when it never started, as uvicorn.run exits (STARTUP_FAILURE).
+    return 0 if serve(create_app(settings), settings, args.log_level) else 3
 
 
 if __name__ == "__main__":

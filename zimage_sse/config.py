@@ -64,7 +64,41 @@ class Settings:
     subscriber_queue: int = 256
     # Events kept per job for Last-Event-ID replay.
     replay_events: int = 512
+    # A stream whose client takes no data for this many seconds (its socket stays full) is dropped; its
+    # bounded queue holds what waits meanwhile. The client can resume with Last-Event-ID.
+    stalled_stream_s: float = 30.0
+    # On SIGTERM the running job may finish for this many seconds; then it is stopped at its next step
+    # and queued again, to run first after the restart (README "Restarts and shutdown").
+    shutdown_grace: float = 10.0
+    # Retention (zimage_sse/history.py): remove the images of ended jobs created more than this many days
+    # ago (0: keep forever) and of the oldest jobs beyond this many GB (10^9 bytes) of images (0: no limit).
+    retention_days: float = 0.0
+    retention_gb: float = 0.0
+    # Pruned jobs keep their rows and timings (reports and the ETA learn from them); false deletes them.
+    retention_keep_timings: bool = True
+    # Retention runs at start and then this often.
+    retention_every_s: float = 3600.0
+    # Access token (zimage_sse/security.py): when set, every job, image, stream and metrics route needs
+    # it, as `Authorization: Bearer TOKEN` or the cookie the /login page sets. Empty: no login.
+    token: str = field(default="", repr=False)
+    # Largest request body in bytes (prompts are at most 2 × 2000 characters); multipart uploads (a PNG to
+    # take parameters from, as a multipart form or an image/png body) may be up to max_upload_bytes, the
+    # size repro.py reads. Larger bodies get 413.
+    max_body_bytes: int = 64 * 1024
+    max_upload_bytes: int = 64 * 1024 * 1024
+    # Jobs that may wait in the queue (0: no limit); submissions beyond it get 429 with Retry-After.
+    max_queue: int = 100
+    # Submissions (and login attempts) per minute from one client address, and how many may come at once
+    # before the rate applies (token bucket); beyond them 429 with Retry-After. 0: no limit. Rejected
+    # submissions do not count. A person never comes near it; a script that queues many jobs at once can
+    # raise it or turn it off.
+    submit_rate: float = 30.0
+    submit_burst: int = 30
     presets: tuple[Preset, ...] = field(default=DEFAULT_PRESETS)
+
+    @property
+    def thumbs_dir(self) -> Path:
+        return self.data_dir / "thumbs"
 
     @property
     def db_path(self) -> Path:

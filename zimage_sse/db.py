@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiosqlite
 
@@ -57,6 +58,25 @@ def migrations(directory: Path = MIGRATIONS_DIR) -> list[tuple[int, Path]]:
     return found
 
 
+def _job_filter(
+    status: str | None, search: str | None, size: tuple[int, int] | None
+) -> tuple[str, tuple[Any, ...]]:
+    """The WHERE clause the history's filters make, and its parameters."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if status is not None:
+        clauses.append("status = ?")
+        params.append(status)
+    if search:
+        escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        clauses.append("prompt LIKE ? ESCAPE '\\'")
+        params.append(f"%{escaped}%")
+    if size is not None:
+        clauses.append("width = ? AND height = ?")
+        params.extend(size)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
+
+
 class Store:
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
@@ -76,6 +96,13 @@ class Store:
             await conn.close()
             raise
         return store
+
+    @classmethod
+    async def open_readonly(cls, path: Path) -> Store:
+        """An existing database, read only and unmigrated: `zimage-sse report` must never change it."""
+        conn = await aiosqlite.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
+        conn.row_factory = sqlite3.Row
+        return cls(conn)
 
     async def close(self) -> None:
         await self._conn.close()
@@ -114,8 +141,8 @@ class Store:
         self, job_id: str, started_at: float, device: str, dtype: str, gpu_util: float | None = None
     ) -> None:
         await self._conn.execute(
-            "UPDATE jobs SET status = 'running', started_at = ?, device = ?, dtype = ?, gpu_util_start = ?"
-            " WHERE id = ?",
+            "UPDATE jobs SET status = 'running', started_at = ?, device = ?, dtype = ?, gpu_util_start = ?,"
+            " attempts = attempts + 1 WHERE id = ?",
             (started_at, device, dtype, gpu_util, job_id),
         )
         await self._conn.commit()
@@ -171,29 +198,98 @@ class Store:
             await self._conn.rollback()
             raise
 
-    async def fail_interrupted(self, finished_at: float, reason: str) -> int:
-        cursor = await self._conn.execute(
-            "UPDATE jobs SET status = 'failed', finished_at = ?, error = ? WHERE status = 'running'",
-            (finished_at, reason),
+    async def recover_interrupted(
+        self, finished_at: float, max_attempts: int, reason: str
+    ) -> tuple[list[str], list[str]]:
+        """At start, the jobs the last process left running (it was killed or crashed): each is queued
+        again, keeping its place by created_at, unless it has been started `max_attempts` times, in which
+        case it fails with `reason` instead of looping. Returns (requeued ids, failed ids)."""
+        try:
+            failed = await self._select(
+                "SELECT id FROM jobs WHERE status = 'running' AND attempts >= ?", (max_attempts,)
+            )
+            await self._conn.execute(
+                "UPDATE jobs SET status = 'failed', finished_at = ?, error = ?"
+                " WHERE status = 'running' AND attempts >= ?",
+                (finished_at, reason, max_attempts),
+            )
+            requeued = await self._select("SELECT id FROM jobs WHERE status = 'running'", ())
+            await self._conn.execute(
+                "UPDATE jobs SET status = 'queued', started_at = NULL WHERE status = 'running'"
+            )
+            await self._conn.commit()
+        except BaseException:
+            await self._conn.rollback()
+            raise
+        return [r["id"] for r in requeued], [r["id"] for r in failed]
+
+    async def requeue(self, job_id: str) -> None:
+        """A job that shutdown stopped goes back to the queue; being stopped does not count as an attempt."""
+        await self._conn.execute(
+            "UPDATE jobs SET status = 'queued', started_at = NULL, attempts = MAX(0, attempts - 1)"
+            " WHERE id = ? AND status = 'running'",
+            (job_id,),
         )
         await self._conn.commit()
-        return cursor.rowcount
 
     async def get_job(self, job_id: str) -> dict[str, Any] | None:
         rows = await self._select("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return rows[0] if rows else None
 
     async def list_jobs(
-        self, *, limit: int = 50, offset: int = 0, status: str | None = None
+        self,
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        status: str | None = None,
+        search: str | None = None,
+        size: tuple[int, int] | None = None,
     ) -> list[dict[str, Any]]:
-        if status is None:
-            return await self._select(
-                "SELECT * FROM jobs ORDER BY created_at DESC LIMIT ? OFFSET ?", (limit, offset)
-            )
+        """Jobs newest first; `search` matches prompt text literally (% and _ are not wildcards)."""
+        where, params = _job_filter(status, search, size)
         return await self._select(
-            "SELECT * FROM jobs WHERE status = ? ORDER BY created_at DESC LIMIT ? OFFSET ?",
-            (status, limit, offset),
+            f"SELECT * FROM jobs{where} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
+            (*params, limit, offset),
         )
+
+    async def count_jobs(
+        self, *, status: str | None = None, search: str | None = None, size: tuple[int, int] | None = None
+    ) -> int:
+        where, params = _job_filter(status, search, size)
+        rows = await self._select(f"SELECT COUNT(*) AS n FROM jobs{where}", params)
+        return int(rows[0]["n"])
+
+    async def job_sizes(self) -> list[tuple[int, int]]:
+        """Every size in the history, most used first: the history page's size filter offers these."""
+        rows = await self._select(
+            "SELECT width, height FROM jobs GROUP BY width, height ORDER BY COUNT(*) DESC, width, height", ()
+        )
+        return [(int(r["width"]), int(r["height"])) for r in rows]
+
+    async def ended_jobs(self) -> list[dict[str, Any]]:
+        """What retention decides on: every ended job, newest first (running and queued ones never)."""
+        return await self._select(
+            "SELECT id, created_at, status, images, pruned_at FROM jobs"
+            " WHERE status IN ('done', 'failed', 'cancelled') ORDER BY created_at DESC, rowid DESC",
+            (),
+        )
+
+    async def mark_pruned(self, job_ids: Sequence[str], pruned_at: float) -> None:
+        """Retention removed these jobs' images; their rows and timings stay."""
+        await self._conn.executemany(
+            "UPDATE jobs SET pruned_at = ?, images = '[]' WHERE id = ?",
+            [(pruned_at, job_id) for job_id in job_ids],
+        )
+        await self._conn.commit()
+
+    async def delete_jobs(self, job_ids: Sequence[str]) -> int:
+        """Delete ended jobs with their timings (ON DELETE CASCADE); a live job is never deleted here."""
+        cursor = await self._conn.executemany(
+            "DELETE FROM jobs WHERE id = ? AND status IN ('done', 'failed', 'cancelled')",
+            [(job_id,) for job_id in job_ids],
+        )
+        await self._conn.commit()
+        return cursor.rowcount
 
     async def queued_jobs(self) -> list[dict[str, Any]]:
         return await self._select("SELECT * FROM jobs WHERE status = 'queued' ORDER BY created_at, rowid", ())
@@ -264,6 +360,10 @@ class Store:
             " ORDER BY j.finished_at, e.point",
             (),
         )
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Rows of a read-only query: the reports' own SELECTs (zimage_sse/reports.py)."""
+        return await self._select(sql, params)
 
     async def _select(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         async with self._conn.execute(sql, params) as cursor:

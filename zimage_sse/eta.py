@@ -48,6 +48,11 @@ def tokens(width: int, height: int, batch: int) -> int:
     return (width // 16) * (height // 16) * batch
 
 
+def size_label(width: int, height: int, batch: int) -> str:
+    """768x768, or 768x768x2 for a batch of two: how reports and the accuracy record name a size."""
+    return f"{width}x{height}" + (f"x{batch}" if batch != 1 else "")
+
+
 def steady(step_s: Sequence[float]) -> list[float]:
     """Step times without the first step, which carries set-up costs (DESIGN.md "Timing truth")."""
     return list(step_s[1:]) if len(step_s) > 1 else list(step_s)
@@ -499,7 +504,7 @@ def accuracy_report(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """
     groups: dict[str, dict[float, list[float | None]]] = {}
     for row in rows:
-        size = f"{row['width']}x{row['height']}" + (f"x{row['num_images']}" if row["num_images"] != 1 else "")
+        size = size_label(row["width"], row["height"], row["num_images"])
         actual = float(row["actual_total_s"])
         predicted = row["predicted_total_s"]
         error = None if predicted is None or actual <= 0 else abs(float(predicted) - actual) / actual

@@ -25,11 +25,18 @@ def a1111_parameters(params: JobParams, model: str) -> str:
     lines = [params.prompt]
     if params.negative_prompt:
         lines.append(f"Negative prompt: {params.negative_prompt}")
+    # A1111 writes "Batch size" only for batches; zimage_sse/repro.py reads it back as num_images.
+    batch = f", Batch size: {params.num_images}" if params.num_images > 1 else ""
     lines.append(
         f"Steps: {params.steps}, Sampler: FlowMatchEuler, CFG scale: {params.guidance:g}, "
-        f"Seed: {params.seed}, Size: {params.width}x{params.height}, Model: {model}"
+        f"Seed: {params.seed}, Size: {params.width}x{params.height}{batch}, Model: {_quoted(model)}"
     )
     return "\n".join(lines)
+
+
+def _quoted(value: str) -> str:
+    """A1111 quotes a value holding a comma, colon or quote as a JSON string, so the line still parses."""
+    return json.dumps(value) if any(c in value for c in ',:"') else value
 
 
 def save_png(image: Image.Image, path: Path, params: JobParams, meta: dict[str, Any]) -> None:
@@ -46,3 +53,17 @@ def save_png(image: Image.Image, path: Path, params: JobParams, meta: dict[str, 
         partial.replace(path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def remove(directory: Path, names: list[str]) -> None:
+    for name in names:
+        (directory / name).unlink(missing_ok=True)
+
+
+def remove_partials(directory: Path) -> list[str]:
+    """Temporary files a killed process left mid-write (never visible as images): removed at start."""
+    removed = []
+    for path in directory.glob(".*.partial"):
+        path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed

@@ -40,6 +40,25 @@ class JobFinished(Exception):
     """The job has already ended, so it cannot be cancelled."""
 
 
+class ShuttingDown(Exception):
+    """The server is shutting down and takes no new jobs; it keeps the queue for its restart."""
+
+
+# A job the server died under (killed, crashed) is queued again once; dying a second time fails it,
+# so a job that kills the server cannot crash-loop it (issue: reliability, migrations/004_attempts.sql).
+MAX_ATTEMPTS = 2
+SHUTDOWN = "shutdown"  # the last event of every stream when the server stops (README "Restarts and shutdown")
+
+
+class QueueFull(Exception):
+    """The queue holds `limit` jobs already. `next_slot_s`: predicted seconds until one starts (and a
+    place frees up); `drained_s`: until the last queued job has run. None where nothing predicts it."""
+
+    def __init__(self, limit: int, next_slot_s: float | None, drained_s: float | None) -> None:
+        super().__init__(f"the queue is full ({limit} jobs waiting)")
+        self.limit, self.next_slot_s, self.drained_s = limit, next_slot_s, drained_s
+
+
 class Runner(Protocol):
     """What the manager needs from a worker (zimage_sse.worker.Worker), without importing torch."""
 
@@ -96,6 +115,8 @@ class JobState:
     # Wall-clock time of the last ETA, so elapsed and the ETA agree on when they were measured.
     eta_at: float | None = None
     progress_floor: float = 0.0
+    # When retention removed the job's images (its row and timings stay); None: not pruned.
+    pruned_at: float | None = None
 
     @property
     def terminal(self) -> bool:
@@ -163,6 +184,7 @@ class JobState:
             "preview": self.preview if self.status == "running" else None,
             "loading": self.loading if self.phase == "loading" else None,
             "model_loading": self.model_loading if self.status == "queued" else None,
+            "pruned_at": self.pruned_at,
         }
 
     @classmethod
@@ -179,6 +201,7 @@ class JobState:
             images=list(row["images"]),
             error=row["error"],
             step=row["steps"] if row["status"] == "done" else 0,
+            pruned_at=row.get("pruned_at"),
         )
 
 
@@ -196,8 +219,10 @@ class JobManager:
         replay_events: int = 512,
         keep_finished: int = 200,
         unload_after: float = 0.0,
+        max_queue: int = 0,
     ) -> None:
         self._unload_after = unload_after
+        self._max_queue = max_queue  # 0: no limit
         self.store = store
         self.runner = runner
         self.broadcaster = broadcaster
@@ -209,7 +234,16 @@ class JobManager:
         self._pending: list[str] = []
         self._running: str | None = None
         self._wakeup = asyncio.Event()
-        self._gseq = 0
+        self._idle = asyncio.Event()  # set while no job runs: what a shutdown waits for
+        self._idle.set()
+        self._interrupted: set[str] = set()  # running jobs stopped by shutdown, to be queued again
+        self.draining = False  # shutdown has begun: no new jobs, none started
+        # Event ids continue across restarts instead of starting again at 1, so an id a client kept from
+        # the last process can never name a different event in this one: ids from before the restart
+        # are below this base (microseconds since the epoch), hence older than the replay buffer, and get
+        # a fresh snapshot. Jobs submitted in this process never had ids before and count from 1.
+        self._epoch = time.time_ns() // 1000
+        self._gseq = self._epoch
         self.eta = EtaModel()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"worker-{runner.device}")
         self._task: asyncio.Task[None] | None = None
@@ -229,33 +263,67 @@ class JobManager:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        interrupted = await self.store.fail_interrupted(
-            time.time(), "The server stopped while this job was running."
+        requeued, failed = await self.store.recover_interrupted(
+            time.time(),
+            MAX_ATTEMPTS,
+            f"The server stopped while this job was running, {MAX_ATTEMPTS} times (killed or crashed); "
+            "it is not retried again. Submit it again to retry.",
         )
-        if interrupted:
-            logger.warning("marked %d interrupted job(s) as failed", interrupted)
+        for job_id in requeued:
+            logger.warning("the server stopped while this job ran: queued again", extra={"job_id": job_id})
+        for job_id in failed:
+            logger.error("the server stopped while this job ran, again: failed", extra={"job_id": job_id})
         for row in await self.store.queued_jobs():
             state = JobState.from_row(row)
+            state.seq = self._epoch
             self._remember(state)
             self._pending.append(state.id)
         for row in await self.store.timing_history():
-            self.eta.add(_record(row))
+            self.eta.add(job_record(row))
         for row in await self.store.model_load_totals():
             self.eta.add_load((row["model"], row["device"], row["dtype"]), float(row["seconds"]))
         self._renumber()
         self._task = asyncio.create_task(self._run_queue(), name="job-queue")
 
+    async def drain(self, grace: float) -> None:
+        """Shut down gently: take no new jobs, let the running one finish for up to `grace` seconds, then
+        stop it at its next step and queue it again (it runs first after the restart; queued jobs stay
+        queued), and end every open stream with a `shutdown` event. Called on SIGTERM (serving.py)."""
+        if self.draining:
+            return
+        self.draining = True
+        self._wakeup.set()  # the queue loop sees `draining` and starts nothing more
+        running = self.running()
+        if running is not None:
+            logger.info("shutting down: waiting up to %.0f s for the running job", grace)
+            try:
+                await asyncio.wait_for(self._idle.wait(), grace)
+            except TimeoutError:
+                logger.warning(
+                    "shutting down: stopping the running job to queue it again", extra={"job_id": running.id}
+                )
+                self._interrupted.add(running.id)
+                running.cancel.set()
+                await self._idle.wait()  # the worker stops at its next step
+        self.broadcaster.close_all(
+            Event(
+                SHUTDOWN,
+                {
+                    "reason": "The server is shutting down. Queued jobs keep their place; reconnect "
+                    "with Last-Event-ID once it is back.",
+                },
+            )
+        )
+
     async def stop(self) -> None:
-        """Stop taking queued jobs, cancel the running one, and end every open stream."""
-        if self._running is not None:
-            self._jobs[self._running].cancel.set()
+        """Drain (without grace unless drain() ran already), stop the queue, and end every stream."""
+        await self.drain(0.0)
         if self._task is not None:
             self._task.cancel()
             with suppress(asyncio.CancelledError):
                 await self._task
-        # The worker stops at its next step; wait for it off the loop, which still serves streams.
+        # A preload may still be running; wait for it off the loop, which still serves requests.
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
-        self.broadcaster.close_all()
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -271,10 +339,27 @@ class JobManager:
         state.step_s = await self.store.step_timings(job_id)
         return state
 
-    async def recent(self, *, limit: int, offset: int = 0, status: str | None = None) -> list[JobState]:
+    async def recent(
+        self,
+        *,
+        limit: int,
+        offset: int = 0,
+        status: str | None = None,
+        search: str | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> list[JobState]:
         """Jobs newest first; live ones as they are in memory, ended ones as stored."""
-        rows = await self.store.list_jobs(limit=limit, offset=offset, status=status)
+        rows = await self.store.list_jobs(limit=limit, offset=offset, status=status, search=search, size=size)
         return [self._jobs.get(row["id"]) or JobState.from_row(row) for row in rows]
+
+    def forget(self, job_ids: list[str]) -> None:
+        """Drop ended jobs from memory after retention or a delete changed their rows: the next read
+        comes from the store. Live jobs are never forgotten."""
+        for job_id in job_ids:
+            state = self._jobs.get(job_id)
+            if state is not None and state.terminal:
+                del self._jobs[job_id]
+                self._history.pop(job_id, None)
 
     def running(self) -> JobState | None:
         return self._jobs[self._running] if self._running is not None else None
@@ -292,6 +377,16 @@ class JobManager:
     # -- commands ----------------------------------------------------------------------------
 
     async def submit(self, params: JobParams) -> JobState:
+        if self.draining:
+            raise ShuttingDown(
+                "The server is shutting down and takes no new jobs; submit again once it is back."
+            )
+        if self._max_queue and len(self._pending) >= self._max_queue:
+            now = time.time()
+            self._plan_queue(now)
+            first, last = self.queued()[0], self.queued()[-1]
+            start = None if first.predicted_start_at is None else max(0.0, first.predicted_start_at - now)
+            raise QueueFull(self._max_queue, start, last.remaining_s(now))
         state = JobState(
             id=secrets.token_hex(8),
             params=params,
@@ -414,6 +509,8 @@ class JobManager:
             self._history.pop(job_id, None)
 
     def _publish(self, state: JobState | None, kind: str, data: dict[str, Any]) -> Event:
+        # "at": when the event was made (unix seconds), so a client can measure its delivery delay.
+        data = {**data, "at": round(time.time(), 6)}
         self._gseq += 1
         if state is not None:
             state.seq += 1
@@ -503,7 +600,8 @@ class JobManager:
             await loop.run_in_executor(self._executor, self.runner.load, emit)
         except Exception as exc:
             logger.exception("preloading the model failed")
-            self._set_model_status(state="failed", error=f"{type(exc).__name__}: {exc}")
+            reason = exc.reason if isinstance(exc, JobFailed) else f"{type(exc).__name__}: {exc}"
+            self._set_model_status(state="failed", error=reason)
             return
         await self._model_loaded(dict(getattr(self.runner, "load_timings", {})))
 
@@ -552,6 +650,8 @@ class JobManager:
             if self._preload is not None:
                 await asyncio.wait({self._preload})
                 self._preload = None
+            if self.draining:
+                return  # what is queued stays queued, in the store, for the restart
             if not self._pending:
                 self._wakeup.clear()
                 if self._unload_after > 0 and self.runner.loaded:
@@ -563,6 +663,7 @@ class JobManager:
                 await self._wakeup.wait()
                 continue
             job_id = self._pending.pop(0)
+            self._idle.clear()
             try:
                 with job_context(job_id):
                     await self._execute(self._jobs[job_id])
@@ -571,6 +672,8 @@ class JobManager:
             except Exception:
                 # The queue must survive anything one job does, or every later job waits forever.
                 logger.exception("unexpected error in the job manager")
+            finally:
+                self._idle.set()
 
     async def _execute(self, state: JobState) -> None:
         loop = asyncio.get_running_loop()
@@ -605,6 +708,10 @@ class JobManager:
             state.cancel.set()
             raise
         except Cancelled:
+            if state.id in self._interrupted:
+                self._running = None
+                await self._requeue(state)
+                return
             status, error = "cancelled", "Cancelled while running."
         except JobFailed as exc:
             status, error = "failed", exc.reason
@@ -622,6 +729,20 @@ class JobManager:
         elif state.phase == "loading":
             self._set_model_status(state="failed", error=error)
         await self._finish_job(state, status, error=error, outcome=outcome)
+        self._queue_changed()
+
+    async def _requeue(self, state: JobState) -> None:
+        """Shutdown stopped this job: back to the head of the queue, as it was before it started."""
+        self._interrupted.discard(state.id)
+        await self.store.requeue(state.id)
+        row = await self.store.get_job(state.id)
+        if row is None:
+            return
+        fresh = JobState.from_row(row)
+        fresh.seq = state.seq  # its stream's ids go on rising
+        self._jobs[state.id] = fresh
+        self._pending.insert(0, state.id)
+        logger.info("stopped by shutdown: queued again, first", extra={"job_id": state.id})
         self._queue_changed()
 
     async def _finish_job(
@@ -747,7 +868,8 @@ def _parse_id(value: str | None) -> int | None:
     return int(value.strip())
 
 
-def _record(row: dict[str, Any]) -> JobRecord:
+def job_record(row: dict[str, Any]) -> JobRecord:
+    """A stored job (with its `step_s` and `phases` attached) as the ETA engine learns from it."""
     return JobRecord(
         model=row["model"],
         device=row["device"],

@@ -111,6 +111,12 @@ def _text(value: object, name: str, limit: int, errors: dict[str, str], required
     if not isinstance(value, str):
         errors[name] = "must be a string"
         return None
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # JSON can carry a lone surrogate ("\ud800"); SQLite cannot store it
+            errors[name] = "must be valid Unicode text (it has a lone surrogate)"
+            return None
     if required and not value.strip():
         errors[name] = "must not be empty"
         return None

@@ -8,7 +8,9 @@ fixed linear map then turns the 16 latent channels into RGB.
 from __future__ import annotations
 
 import base64
+import functools
 import io
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -43,13 +45,25 @@ def estimate_x0(x_t: torch.Tensor, x_next: torch.Tensor, sigma_t: float, sigma_n
     return x_next - sigma_next * velocity
 
 
-def latent_to_rgb(latent: torch.Tensor) -> torch.Tensor:
-    """(C=16, H, W) latent → (H, W, 3) uint8 on the CPU."""
-    factors = torch.tensor(FLUX_RGB_FACTORS, dtype=torch.float32, device=latent.device)
-    bias = torch.tensor(FLUX_RGB_BIAS, dtype=torch.float32, device=latent.device)
+@functools.cache
+def _rgb_map(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The factors and bias on `device`, made once: a fresh host→device copy every step would wait."""
+    factors = torch.tensor(FLUX_RGB_FACTORS, dtype=torch.float32, device=device)
+    bias = torch.tensor(FLUX_RGB_BIAS, dtype=torch.float32, device=device)
+    return factors, bias
+
+
+def _to_rgb(latent: torch.Tensor) -> torch.Tensor:
+    """(C=16, H, W) latent → (H, W, 3) uint8 on the latent's device."""
+    factors, bias = _rgb_map(latent.device)
     rgb = torch.einsum("chw,cr->hwr", latent.float(), factors) + bias
     # The factors map to roughly [-1, 1], as the VAE's own output range.
-    return ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    return ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def latent_to_rgb(latent: torch.Tensor) -> torch.Tensor:
+    """(C=16, H, W) latent → (H, W, 3) uint8 on the CPU."""
+    return _to_rgb(latent).cpu()
 
 
 def data_url(rgb: torch.Tensor) -> str:
@@ -59,10 +73,34 @@ def data_url(rgb: torch.Tensor) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+@dataclass
+class Pending:
+    """A preview whose pixels are on their way to the host; `finish` waits for them and encodes."""
+
+    rgb: torch.Tensor  # (H, W, 3) uint8 on the CPU, complete once `copied` has happened
+    copied: torch.cuda.Event | None  # None: the copy was synchronous (CPU tensors)
+
+    def finish(self) -> tuple[str, int, int]:
+        if self.copied is not None:
+            self.copied.synchronize()
+        return data_url(self.rgb), int(self.rgb.shape[1]), int(self.rgb.shape[0])
+
+
+def start(x_t: torch.Tensor, x_next: torch.Tensor, sigma_t: float, sigma_next: float) -> Pending:
+    """Queue the preview's few small kernels and its copy to the host without waiting for the device,
+    so the worker can hand the next step to the GPU at once; the JPEG is made by `Pending.finish`,
+    off the worker's thread."""
+    rgb = _to_rgb(estimate_x0(x_t[0], x_next[0], sigma_t, sigma_next))
+    if rgb.device.type != "cuda":
+        return Pending(rgb, None)
+    host = rgb.to("cpu", non_blocking=True)
+    copied = torch.cuda.Event()  # type: ignore[no-untyped-call]
+    copied.record()
+    return Pending(host, copied)
+
+
 def preview(
     x_t: torch.Tensor, x_next: torch.Tensor, sigma_t: float, sigma_next: float
 ) -> tuple[str, int, int]:
     """The first image of the batch as a data URL, with its width and height in pixels."""
-    x0 = estimate_x0(x_t[0], x_next[0], sigma_t, sigma_next)
-    rgb = latent_to_rgb(x0)
-    return data_url(rgb), int(rgb.shape[1]), int(rgb.shape[0])
+    return start(x_t, x_next, sigma_t, sigma_next).finish()

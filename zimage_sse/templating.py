@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.templating import Jinja2Templates
 
 from .config import EMBEDDED_MODELS
+from .reports import seconds_text
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 
@@ -42,5 +43,6 @@ def make_templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=TEMPLATES_DIR, context_processors=[_base_context])
     templates.env.filters["duration"] = duration
     templates.env.filters["timestamp"] = timestamp
+    templates.env.filters["seconds"] = seconds_text
     templates.env.autoescape = True
     return templates

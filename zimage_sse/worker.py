@@ -6,11 +6,13 @@ the web tier. Events go out through `emit`, a thread-safe callable that the job 
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 import diffusers
 import torch
 
-from . import images, pipeline, preview
+from . import __version__, images, pipeline, preview, repro
 from .events import Cancelled, JobFailed
 from .gpu import GpuMonitor, GpuSample
 from .logs import job_context
@@ -39,6 +41,9 @@ class Outcome:
     gpu_mem_peak_mb: float | None = None
     load_timings: dict[str, float] = field(default_factory=dict)  # per component, when this job loaded
 
+
+# What a write fails with when there is no room: the disk or a quota is full, or a file-size limit is hit.
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 # Sample GPU load at most this often during a job: NVML reads cost microseconds, but need not be per step.
 GPU_SAMPLE_EVERY_S = 0.5
@@ -99,8 +104,12 @@ class Worker:
         self.dtype = pipeline.resolve_dtype(dtype, self.device)
         self._pipe: Any = None
         self._warm = False
+        # What the PNGs name as the model's exact revision (zimage_sse/repro.py); set when it loads.
+        self.revision: str | None = None
         self.load_timings: dict[str, float] = {}
         self.gpu = GpuMonitor(self.device)
+        # Previews are encoded here, off the thread that feeds the GPU (bench/RESULTS.md, "GPU").
+        self._previews = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preview")
 
     @property
     def loaded(self) -> bool:
@@ -115,6 +124,11 @@ class Worker:
     def unload(self) -> None:
         """Give the device memory back; the next job loads the model again."""
         self._pipe, self._warm = None, False
+        self._free_memory()
+
+    def _free_memory(self) -> None:
+        """Return what dead tensors hold to the device, so a job that failed (out of memory, say) does
+        not starve the next one (STYLE.md: errors are handled once, at the boundary: log, free, report)."""
         gc.collect()
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -125,6 +139,11 @@ class Worker:
     @property
     def dtype_name(self) -> str:
         return pipeline.dtype_name(self.dtype)
+
+    @property
+    def device_name(self) -> str:
+        """The card's name (the same seed gives the same image only on the same kind of device)."""
+        return torch.cuda.get_device_name(self.device) if self.device.startswith("cuda") else "cpu"
 
     def _sync(self) -> None:
         # diffusers' Z-Image loop never waits for the GPU, so without this a timestamp measures kernel
@@ -148,7 +167,19 @@ class Worker:
                     emit("loading", {"component": name, "index": index, "count": count})
 
             location = pipeline.model_location(self.model, self.models_dir)
-            pipe = pipeline.load_pipeline(location, self.device, self.dtype, on_component)
+            try:
+                pipe = pipeline.load_pipeline(location, self.device, self.dtype, on_component)
+            except Exception as exc:
+                # Nothing is kept, so the next job (or a preload) tries again: fixing the checkpoint
+                # recovers without a restart.
+                raise JobFailed(
+                    f"The model could not be loaded from {location}: {describe_error(exc)}"
+                ) from exc
+            self.revision = (
+                f"{self.model}-v{pipeline.EMBEDDED_VERSION}-seed{pipeline.EMBEDDED_SEED}"
+                if pipeline.is_embedded(self.model)
+                else repro.model_revision(location)
+            )
             self._sync()
             if current[0] is not None:
                 timings[current[0]] = time.perf_counter() - current[1]
@@ -164,10 +195,11 @@ class Worker:
                 raise
             except Exception as exc:
                 logger.exception("failed")
-                raise JobFailed(describe_error(exc)) from exc
-            finally:
-                if self.device.startswith("cuda"):
-                    torch.cuda.empty_cache()  # an out-of-memory job must not starve the next one
+                reason = describe_error(exc)
+            # Past the except clause the exception and its traceback, which holds the job's tensors,
+            # are gone, so their memory can really be freed.
+            self._free_memory()
+            raise JobFailed(reason)
 
     def _run(self, job_id: str, params: JobParams, emit: Emit, cancel: threading.Event) -> Outcome:
         timer = _Timer(self._sync)
@@ -198,6 +230,11 @@ class Worker:
         step_s: list[float] = []
         last = [0.0]
         before: list[Any] = [None]  # latents before the step now running, for the preview's x0
+        previews: list[Future[None]] = []
+
+        def send_preview(pending: preview.Pending, step: int) -> None:
+            url, width, height = pending.finish()
+            emit("preview", {"step": step, "url": url, "width": width, "height": height})
 
         def on_step(_pipe: Any, index: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             self._sync()
@@ -209,10 +246,8 @@ class Worker:
             after = tensors["latents"]
             if self.preview_every and (index + 1) % self.preview_every == 0:
                 sigmas = pipe.scheduler.sigmas
-                url, width, height = preview.preview(
-                    before[0], after, float(sigmas[index]), float(sigmas[index + 1])
-                )
-                emit("preview", {"step": index + 1, "url": url, "width": width, "height": height})
+                pending = preview.start(before[0], after, float(sigmas[index]), float(sigmas[index + 1]))
+                previews.append(self._previews.submit(send_preview, pending, index + 1))
             before[0] = after
             load.take(now)
             check()
@@ -245,22 +280,40 @@ class Worker:
                 callback_on_step_end=on_step,
             ).images
 
-        latents = timer.run("denoising", emit, denoise)
+        try:
+            latents = timer.run("denoising", emit, denoise)
+        finally:
+            wait(previews)  # every preview arrives before the job's next phase or its end
+        for sent in previews:
+            sent.result()
         check()
         pictures = timer.run("decoding", emit, lambda: self._decode(pipe, latents))
         meta = {
             "model": self.model,
+            "model_revision": self.revision,
             "device": self.device,
+            "device_name": self.device_name,
             "dtype": self.dtype_name,
             "diffusers": diffusers.__version__,
+            "torch": torch.__version__,
+            "zimage_sse": __version__,
             "job_id": job_id,
         }
 
         def save() -> list[str]:
-            names = []
+            names: list[str] = []
             for index, picture in enumerate(pictures):
                 name = images.image_name(job_id, index)
-                images.save_png(picture, self.images_dir / name, params, meta)
+                try:
+                    images.save_png(picture, self.images_dir / name, params, {**meta, "index": index})
+                except OSError as exc:
+                    if exc.errno not in NO_SPACE:
+                        raise
+                    images.remove(self.images_dir, names)  # a job keeps all of its images or none
+                    raise JobFailed(
+                        f"Disk full while saving the image ({exc.strerror}); nothing was kept. "
+                        "Free some space and submit the job again."
+                    ) from None
                 names.append(name)
             return names
 
@@ -288,6 +341,8 @@ class Worker:
 
 def describe_error(exc: BaseException) -> str:
     """A reason a person can act on, for the job's `failed` event and its row."""
+    if isinstance(exc, JobFailed):
+        return exc.reason
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return "The GPU ran out of memory for this job; try a smaller size or fewer images."
     text = str(exc).strip() or "no details"

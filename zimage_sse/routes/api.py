@@ -12,10 +12,11 @@ from starlette.routing import Route
 
 from ..config import Settings
 from ..eta import accuracy_report
-from ..events import STATUSES
+from ..history import parse_filter
 from ..images import JOB_ID
-from ..jobs import JobFinished, JobManager, JobNotFound
+from ..jobs import JobFinished, JobManager, JobNotFound, QueueFull, ShuttingDown
 from ..params import InvalidRequest, validate
+from ..security import decimal, queue_full_answer
 
 IMAGE_NAME_SUFFIX = ".png"
 
@@ -37,12 +38,23 @@ def job_id_of(request: Request) -> str:
     return job_id
 
 
-async def submit_job(request: Request) -> Response:
+class MalformedJSON(Exception):
+    """The body is not JSON at all (400; a body that is JSON but wrong gets a 422 per field)."""
+
+
+async def json_body(request: Request, *, empty: Any = None) -> Any:
+    """The request's JSON body; `empty` when it has none and that is allowed (None: it is not)."""
+    raw = await request.body()
+    if empty is not None and not raw.strip():
+        return empty
     try:
-        body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError) as exc:
-        return JSONResponse({"errors": {"body": f"is not valid JSON: {exc}"}}, status_code=400)
-    params = validate(body, settings_of(request))
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: "[[[[…" nested deep
+        raise MalformedJSON(f"is not valid JSON: {exc}") from None
+
+
+async def submit_job(request: Request) -> Response:
+    params = validate(await json_body(request), settings_of(request))
     state = await manager_of(request).submit(params)
     return JSONResponse(state.snapshot(), status_code=201, headers={"Location": f"/api/jobs/{state.id}"})
 
@@ -51,12 +63,10 @@ async def list_jobs(request: Request) -> Response:
     errors: dict[str, str] = {}
     limit = _query_int(request, "limit", 50, 1, 500, errors)
     offset = _query_int(request, "offset", 0, 0, 10**9, errors)
-    status = request.query_params.get("status")
-    if status is not None and status not in STATUSES:
-        errors["status"] = f"must be one of {', '.join(STATUSES)}"
+    chosen = parse_filter(request.query_params, errors)  # status, q (prompt text), size (WxH)
     if errors:
         raise InvalidRequest(errors)
-    jobs = await manager_of(request).recent(limit=limit, offset=offset, status=status)
+    jobs = await manager_of(request).recent(limit=limit, offset=offset, **chosen.store_args())
     return JSONResponse({"jobs": [job.snapshot() for job in jobs], "limit": limit, "offset": offset})
 
 
@@ -96,14 +106,20 @@ async def eta_accuracy(request: Request) -> Response:
     return JSONResponse(accuracy_report(rows))
 
 
+def whole_number(raw: str | None) -> int | None:
+    """A query parameter as a non-negative int, or None."""
+    return int(raw) if raw is not None and decimal(raw) else None
+
+
 def _query_int(request: Request, name: str, default: int, low: int, high: int, errors: dict[str, str]) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    value = whole_number(raw)
+    if value is None or not low <= value <= high:
         errors[name] = f"must be a whole number between {low} and {high}"
         return default
-    return int(raw)
+    return value
 
 
 def wants_json(request: Request) -> bool:
@@ -134,10 +150,42 @@ async def job_finished(request: Request, exc: Exception) -> Response:
     return JSONResponse(body, status_code=409)
 
 
+async def queue_full(request: Request, exc: Exception) -> Response:
+    """429 with Retry-After and the predicted wait (the home form shows it on the form instead)."""
+    assert isinstance(exc, QueueFull)
+    message, body, headers = queue_full_answer(exc)
+    if wants_json(request):
+        return JSONResponse(body, status_code=429, headers=headers)
+    return request.app.state.templates.TemplateResponse(  # type: ignore[no-any-return]
+        request, "error.html", {"title": "Queue full", "message": message}, status_code=429, headers=headers
+    )
+
+
+async def shutting_down(request: Request, exc: Exception) -> Response:
+    """503 while the server drains on SIGTERM: nothing was queued; try again once it is back."""
+    headers = {"Retry-After": "10"}
+    if wants_json(request):
+        return JSONResponse({"error": str(exc)}, status_code=503, headers=headers)
+    return request.app.state.templates.TemplateResponse(  # type: ignore[no-any-return]
+        request,
+        "error.html",
+        {"title": "Shutting down", "message": str(exc)},
+        status_code=503,
+        headers=headers,
+    )
+
+
+async def malformed_json(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"errors": {"body": str(exc)}}, status_code=400)
+
+
 exception_handlers: dict[Any, Any] = {
+    MalformedJSON: malformed_json,
     InvalidRequest: invalid_request,
     JobNotFound: job_not_found,
     JobFinished: job_finished,
+    QueueFull: queue_full,
+    ShuttingDown: shutting_down,
 }
 
 routes = [

@@ -29,8 +29,13 @@ async def ready(request: Request) -> Response:
         return JSONResponse(body, status_code=503)
     database = await _database(manager)
     model = "loaded" if manager.runner.loaded else "not loaded"
-    ok = database == "open" and model == "loaded"
-    return JSONResponse({"ready": ok, "model": model, "database": database}, status_code=200 if ok else 503)
+    body = {"ready": database == "open" and model == "loaded", "model": model, "database": database}
+    if not manager.runner.loaded and manager.model_status["state"] == "failed":
+        # The next job tries the load again, so fixing the checkpoint recovers without a restart.
+        body["model"] = f"failed: {manager.model_status['error']}"
+    if manager.draining:
+        body.update(ready=False, shutting_down=True)
+    return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
 
 async def _database(manager: JobManager) -> str:

@@ -9,11 +9,12 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from ..jobs import JobFinished
+from ..history import job_details
+from ..jobs import JobFinished, QueueFull
 from ..params import FIELDS, InvalidRequest, validate
+from ..security import queue_full_answer
 from .api import job_id_of, manager_of, settings_of
-
-HISTORY_PAGE = 24
+from .history import png_upload
 
 
 def _page(request: Request, template: str, context: dict[str, Any], status_code: int = 200) -> Response:
@@ -54,28 +55,45 @@ async def home(request: Request) -> Response:
 async def submit_form(request: Request) -> Response:
     form = await request.form()
     values = {k: v for k, v in form.items() if k in FIELDS and isinstance(v, str)}
+    manager = manager_of(request)
+    headers: dict[str, str] = {}
     try:
-        params = validate(values, settings_of(request), from_form=True)
+        state = await manager.submit(validate(values, settings_of(request), from_form=True))
     except InvalidRequest as exc:
-        manager = manager_of(request)
-        return _page(
-            request,
-            "home.html",
-            {
-                "form": {**_form_defaults(request), **values},
-                "errors": exc.errors,
-                "queue": manager.queue_snapshot(),
-                "recent": [],
-            },
-            status_code=422,
-        )
-    state = await manager_of(request).submit(params)
-    return RedirectResponse(f"/jobs/{state.id}", status_code=303)
+        errors, status_code = exc.errors, 422
+    except QueueFull as exc:  # said on the form, which keeps what was typed
+        message, _body, headers = queue_full_answer(exc)
+        errors, status_code = {"queue": message}, 429
+    else:
+        return RedirectResponse(f"/jobs/{state.id}", status_code=303)
+    context = {
+        "form": {**_form_defaults(request), **values},
+        "errors": errors,
+        "queue": manager.queue_snapshot(),
+        "recent": [],
+    }
+    response = _page(request, "home.html", context, status_code=status_code)
+    response.headers.update(headers)
+    return response
 
 
 async def job_page(request: Request) -> Response:
-    state = await manager_of(request).get(job_id_of(request))
-    return _page(request, "job.html", {"job": state.snapshot()})
+    manager = manager_of(request)
+    state = await manager.get(job_id_of(request))
+    return _page(request, "job.html", {"job": state.snapshot(), "details": await job_details(manager, state)})
+
+
+async def from_png_form(request: Request) -> Response:
+    """POST /from-png (a file upload): the home page with its form refilled from the PNG's parameters."""
+    manager = manager_of(request)
+    context: dict[str, Any] = {"queue": manager.queue_snapshot(), "recent": []}
+    try:
+        found = await png_upload(request)
+    except InvalidRequest as exc:
+        context.update(form=_form_defaults(request), errors=exc.errors)
+        return _page(request, "home.html", context, status_code=422)
+    context.update(form={**_form_defaults(request), **found.params}, errors={}, loaded=found)
+    return _page(request, "home.html", context)
 
 
 async def cancel_form(request: Request) -> Response:
@@ -85,25 +103,10 @@ async def cancel_form(request: Request) -> Response:
     return RedirectResponse(f"/jobs/{job_id}", status_code=303)
 
 
-async def history(request: Request) -> Response:
-    raw = request.query_params.get("page", "1")
-    page = int(raw) if raw.isdigit() and int(raw) > 0 else 1
-    jobs = await manager_of(request).recent(limit=HISTORY_PAGE + 1, offset=(page - 1) * HISTORY_PAGE)
-    return _page(
-        request,
-        "history.html",
-        {
-            "jobs": [job.snapshot() for job in jobs[:HISTORY_PAGE]],
-            "page": page,
-            "has_next": len(jobs) > HISTORY_PAGE,
-        },
-    )
-
-
 routes = [
     Route("/", home, methods=["GET"]),
     Route("/jobs", submit_form, methods=["POST"]),
     Route("/jobs/{job_id}", job_page, methods=["GET"]),
     Route("/jobs/{job_id}/cancel", cancel_form, methods=["POST"]),
-    Route("/history", history, methods=["GET"]),
+    Route("/from-png", from_png_form, methods=["POST"]),
 ]

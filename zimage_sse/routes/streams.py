@@ -8,23 +8,41 @@ partial templates as the first page load, from the job's current state.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import SendTimeoutError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from ..broadcaster import Subscription
 from ..events import Event
+from ..jobs import SHUTDOWN
 from .api import job_id_of, manager_of, settings_of
+
+logger = logging.getLogger(__name__)
 
 # htmx's hx-sse extension closes the connection on this named event (hx-sse:close="end").
 END = ServerSentEvent(data="", event="end")
+# How long a client should wait before reconnecting after a `shutdown` event (the SSE `retry` field,
+# which EventSource and htmx honour): a restart takes a few seconds.
+SHUTDOWN_RETRY_MS = 2000
+
+
+def farewell(event: Event) -> ServerSentEvent:
+    """The `shutdown` event: no id, so a client's Last-Event-ID stays that of the last real event."""
+    return ServerSentEvent(
+        data=json.dumps(event.data, separators=(",", ":")), event=SHUTDOWN, retry=SHUTDOWN_RETRY_MS
+    )
 
 
 def json_event(event: Event, *, global_ids: bool = False) -> ServerSentEvent:
+    if event.kind == SHUTDOWN:
+        return farewell(event)
     data = {"job_id": event.job_id, **event.data} if event.job_id else event.data
     return ServerSentEvent(
         data=json.dumps(data, separators=(",", ":")),
@@ -48,11 +66,24 @@ async def _events(
             return
 
 
+class _EventStream(EventSourceResponse):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except SendTimeoutError:
+            # Expected, not a fault: the body generator has been closed, so its subscription is gone.
+            logger.warning("dropped an event stream whose client took no data for %s s", self.send_timeout)
+
+
 def _response(request: Request, body: AsyncIterator[ServerSentEvent]) -> Response:
-    return EventSourceResponse(
+    settings = settings_of(request)
+    return _EventStream(
         body,
-        ping=settings_of(request).heartbeat_s,
+        ping=settings.heartbeat_s,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        # A client that stops reading blocks our send once its socket is full: after this long the
+        # response ends and its subscription is released (its bounded queue holds what waits meanwhile).
+        send_timeout=settings.stalled_stream_s,
     )
 
 
@@ -97,13 +128,19 @@ async def job_fragments(request: Request) -> Response:
     async def body() -> AsyncIterator[ServerSentEvent]:
         async with manager.follow(job_id, request.headers.get("last-event-id")) as (first, subscription):
             async for event in _events(first, subscription, stop_at_terminal=True):
+                if event.kind == SHUTDOWN:
+                    yield farewell(event)  # no `end`: htmx reconnects, with Last-Event-ID, when it is back
+                    return
                 if subscription is not None and subscription.pending():
                     continue  # a newer event is already waiting: render once, from the latest state
                 state = await manager.get(job_id)
                 yield ServerSentEvent(
                     data=_render(request, "_job.html", job=state.snapshot()), id=str(event.seq)
                 )
-            yield END
+                if state.terminal:
+                    yield END
+                    return
+            # Dropped for falling behind: no `end`, so htmx reconnects and resumes from its last id.
 
     return _response(request, body())
 
@@ -118,7 +155,10 @@ async def queue_fragments(request: Request) -> Response:
     async def body() -> AsyncIterator[ServerSentEvent]:
         async with manager.follow_all() as (_first, subscription):
             yield ServerSentEvent(data=render())
-            async for _event in subscription:
+            async for event in subscription:
+                if event.kind == SHUTDOWN:
+                    yield farewell(event)
+                    return
                 if subscription.pending():
                     continue
                 yield ServerSentEvent(data=render())

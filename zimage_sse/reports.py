@@ -1,0 +1,426 @@
+"""Reports: what the history says about step times, phases, model loads, ETA accuracy, throughput and
+the GPU, for the /reports page, the /api/reports JSON and CSV, and `zimage-sse report`.
+
+Every report is a flat table (columns and rows) so that the JSON, the CSV and the terminal show the same
+numbers. Timings are written when a job ends (db.py), so only ended jobs count, and only done ones for
+timings (a cancelled job's steps stop early). Dates and periods are UTC. Step-time spreads leave each
+job's first step out, as the ETA engine does (it carries set-up costs, DESIGN.md "Timing truth"); the
+per-step profile keeps it, since showing it is the point.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from .db import Store
+from .eta import ACCURACY_POINTS, EtaModel, Key, accuracy_report, size_label, steady, tokens
+from .jobs import job_record
+from .params import InvalidRequest
+
+BUCKETS = ("day", "hour")
+PHASES = ("encoding", "denoising", "decoding", "saving")
+ENDED = ("done", "failed", "cancelled")
+MAX_FILTER_CHARS = 1000
+SERIES_COLUMNS = ("model", "device", "dtype")
+SECTIONS = ("step-times", "step-profile", "phases", "loads", "eta-accuracy", "throughput", "gpu")
+POINTS = tuple(f"{round(p * 100)}%" for p in ACCURACY_POINTS)
+_ETA_COLUMNS = ("scope", "group", "point", "mape_percent", "jobs", "none")
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which jobs a report covers: a model, a device, ended between two UTC dates (both included)."""
+
+    model: str | None = None
+    device: str | None = None
+    since: date | None = None
+    until: date | None = None
+    bucket: str = "day"  # throughput periods
+
+    def params(self) -> dict[str, str]:
+        """The filters as query parameters (for links that keep them), the unset ones left out."""
+        values = {"model": self.model, "device": self.device, "since": self.since, "until": self.until}
+        found = {k: str(v) for k, v in values.items() if v is not None}
+        if self.bucket != "day":
+            found["bucket"] = self.bucket
+        return found
+
+    def where(self, time_column: str, alias: str = "") -> tuple[str, list[Any]]:
+        """SQL conditions (joined with AND, "1" when none) and their parameters."""
+        conditions, params = ["1"], list[Any]()
+        for column in ("model", "device"):
+            value = getattr(self, column)
+            if value is not None:
+                conditions.append(f"{alias}{column} = ?")
+                params.append(value)
+        if self.since is not None:
+            conditions.append(f"{alias}{time_column} >= ?")
+            params.append(_midnight(self.since))
+        if self.until is not None:
+            conditions.append(f"{alias}{time_column} < ?")
+            params.append(_midnight(self.until + timedelta(days=1)))
+        return " AND ".join(conditions), params
+
+
+def parse_filters(values: Mapping[str, str | None]) -> Filters:
+    """Filters from query parameters or command-line options; InvalidRequest names each bad field."""
+    errors: dict[str, str] = {}
+    found: dict[str, Any] = {}
+    for name in ("model", "device"):
+        value = (values.get(name) or "").strip()
+        if len(value) > MAX_FILTER_CHARS:
+            errors[name] = f"must be at most {MAX_FILTER_CHARS} characters"
+        elif value:
+            found[name] = value
+    for name in ("since", "until"):
+        value = (values.get(name) or "").strip()
+        if not value:
+            continue
+        try:
+            found[name] = date.fromisoformat(value)
+        except ValueError:
+            errors[name] = "must be a date as YYYY-MM-DD"
+    if "since" in found and "until" in found and found["until"] < found["since"]:
+        errors["until"] = "must not be before since"
+    bucket = (values.get("bucket") or "day").strip()
+    if bucket not in BUCKETS:
+        errors["bucket"] = f"must be one of {', '.join(BUCKETS)}"
+    if errors:
+        raise InvalidRequest(errors)
+    return Filters(bucket=bucket, **found)
+
+
+@dataclass(frozen=True)
+class Table:
+    """One report: its rows share `columns`; `extra` holds what is not a row (fitted curves)."""
+
+    name: str
+    title: str
+    columns: tuple[str, ...]
+    rows: list[dict[str, Any]]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "columns": list(self.columns),
+            "rows": self.rows,
+            **self.extra,
+        }
+
+    def as_csv(self) -> str:
+        """Columns in order; an unknown value is an empty cell, never a zero."""
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=self.columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in self.rows)
+        return out.getvalue()
+
+
+Report = dict[str, Table]
+
+_JOBS = (
+    "SELECT j.id, j.status, j.finished_at, j.model, j.device, j.dtype, j.width, j.height, j.num_images,"
+    " j.warm_up, j.gpu_util_start, j.gpu_util_mean, j.gpu_mem_peak_mb FROM jobs j"
+    " WHERE j.status IN ('done', 'failed', 'cancelled') AND j.finished_at IS NOT NULL AND {where}"
+    " ORDER BY j.finished_at"
+)
+_STEPS = (
+    "SELECT s.job_id, s.step, s.seconds FROM step_timings s JOIN jobs j ON j.id = s.job_id"
+    " WHERE j.status = 'done' AND {where} ORDER BY s.job_id, s.step"
+)
+_PHASES = (
+    "SELECT p.job_id, p.phase, p.seconds FROM phase_timings p JOIN jobs j ON j.id = p.job_id"
+    " WHERE j.status = 'done' AND {where}"
+)
+_LOADS = "SELECT load_id, model, device, dtype, component, seconds FROM model_loads WHERE {where}"
+_ETA = (
+    "SELECT e.point, e.predicted_total_s, e.actual_total_s, j.width, j.height, j.num_images, j.finished_at"
+    " FROM eta_predictions e JOIN jobs j ON j.id = e.job_id WHERE {where} ORDER BY j.finished_at, e.point"
+)
+_CHOICES = "SELECT DISTINCT model, device FROM jobs WHERE device IS NOT NULL ORDER BY model, device"
+
+
+async def build(store: Store, filters: Filters) -> Report:
+    """Every report over the jobs (and model loads) the filters select."""
+    where, params = filters.where("finished_at", "j.")
+    jobs = await store.query(_JOBS.format(where=where), params)
+    steps: dict[str, list[float]] = {}
+    for row in await store.query(_STEPS.format(where=where), params):
+        steps.setdefault(row["job_id"], []).append(float(row["seconds"]))
+    phases: dict[str, dict[str, float]] = {}
+    for row in await store.query(_PHASES.format(where=where), params):
+        phases.setdefault(row["job_id"], {})[row["phase"]] = float(row["seconds"])
+    done = [{**job, "step_s": steps.get(job["id"], []), "phases": phases.get(job["id"], {})} for job in jobs]
+    done = [job for job in done if job["status"] == "done"]
+    load_where, load_params = filters.where("loaded_at")
+    loads = await store.query(_LOADS.format(where=load_where), load_params)
+    predictions = await store.query(_ETA.format(where=where), params)
+    tables = (
+        step_times(done),
+        step_profile(done),
+        phase_breakdown(done),
+        model_loads(loads),
+        eta_accuracy(predictions),
+        throughput(jobs, filters.bucket),
+        gpu_use(done),
+    )
+    return {table.name: table for table in tables}
+
+
+async def choices(store: Store) -> dict[str, list[str]]:
+    """The models and devices that have run jobs, to offer in the filter form."""
+    rows = await store.query(_CHOICES)
+    return {
+        "models": sorted({str(r["model"]) for r in rows}),
+        "devices": sorted({str(r["device"]) for r in rows}),
+    }
+
+
+def _midnight(day: date) -> float:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
+
+
+def _seconds(value: float | None) -> float | None:
+    """Seconds as reports carry them: microseconds are plenty, and None stays None."""
+    return None if value is None else round(value, 6)
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def _series(job: Mapping[str, Any]) -> Key:
+    return (str(job["model"]), str(job["device"]), str(job["dtype"] or ""))
+
+
+def _groups(
+    jobs: Iterable[Mapping[str, Any]],
+) -> dict[tuple[Key, tuple[int, int, int]], list[Mapping[str, Any]]]:
+    """Jobs by (model, device, dtype) and size, in that order, sizes by image tokens."""
+    groups: dict[tuple[Key, tuple[int, int, int]], list[Mapping[str, Any]]] = {}
+    for job in jobs:
+        groups.setdefault((_series(job), (job["width"], job["height"], job["num_images"])), []).append(job)
+    return dict(sorted(groups.items(), key=lambda item: (item[0][0], tokens(*item[0][1]), item[0][1])))
+
+
+def _row(key: Key, size: tuple[int, int, int]) -> dict[str, Any]:
+    return {**dict(zip(SERIES_COLUMNS, key, strict=True)), "size": size_label(*size)}
+
+
+def spread(values: Sequence[float]) -> dict[str, float | None]:
+    """Minimum, quartiles, median and maximum (inclusive quartiles: within the observed range)."""
+    if not values:
+        return {"min_s": None, "q1_s": None, "median_s": None, "q3_s": None, "max_s": None}
+    q1, median, q3 = (
+        statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else [values[0]] * 3
+    )
+    return {
+        "min_s": _seconds(min(values)),
+        "q1_s": _seconds(q1),
+        "median_s": _seconds(median),
+        "q3_s": _seconds(q3),
+        "max_s": _seconds(max(values)),
+    }
+
+
+def step_times(done: Sequence[Mapping[str, Any]]) -> Table:
+    """Steady step time by size, and what the ETA engine's cost model fitted on these jobs predicts."""
+    engine = EtaModel(job_record(dict(job)) for job in done if job["step_s"])
+    curves: dict[Key, Any] = {}
+    rows = []
+    for (key, size), group in _groups(done).items():
+        values = [s for job in group for s in steady(job["step_s"])]
+        if not values:
+            continue
+        if key not in curves:
+            curves[key] = engine.step_curve(key)
+        curve = curves[key]
+        width, height, batch = size
+        rows.append(
+            {
+                **_row(key, size),
+                "tokens": tokens(*size),
+                "jobs": len(group),
+                "steps": len(values),
+                **spread(values),
+                # Curves are per image; a batch of n costs n times one image (eta.py).
+                "curve_s": None if curve is None else _seconds(batch * curve(tokens(width, height, 1))),
+            }
+        )
+    fitted = [
+        {**dict(zip(SERIES_COLUMNS, key, strict=True)), "a": curve.a, "b": curve.b, "c": curve.c}
+        for key, curve in curves.items()
+        if curve is not None
+    ]
+    columns = (
+        *SERIES_COLUMNS,
+        "size",
+        "tokens",
+        "jobs",
+        "steps",
+        "min_s",
+        "q1_s",
+        "median_s",
+        "q3_s",
+        "max_s",
+    )
+    return Table(
+        "step-times",
+        "Step time by size",
+        (*columns, "curve_s"),
+        rows,
+        # step seconds per image = a + b·T + c·T², T = (W/16)·(H/16) of one image
+        {"curves": fitted},
+    )
+
+
+def step_profile(done: Sequence[Mapping[str, Any]]) -> Table:
+    """Median time of each step index by size: shows whether a step (the first) is slower than the rest."""
+    rows = []
+    for (key, size), group in _groups(done).items():
+        longest = max(len(job["step_s"]) for job in group)
+        for index in range(longest):
+            values = [job["step_s"][index] for job in group if len(job["step_s"]) > index]
+            rows.append(
+                {
+                    **_row(key, size),
+                    "step": index + 1,
+                    "jobs": len(values),
+                    "median_s": _seconds(_median(values)),
+                }
+            )
+    return Table(
+        "step-profile", "Time per step index", (*SERIES_COLUMNS, "size", "step", "jobs", "median_s"), rows
+    )
+
+
+def phase_breakdown(done: Sequence[Mapping[str, Any]]) -> Table:
+    """Median seconds of each phase by size (a phase a job did not time is left out of its median)."""
+    rows = [
+        {
+            **_row(key, size),
+            "jobs": len(group),
+            **{
+                f"{phase}_s": _seconds(_median(job["phases"].get(phase) for job in group)) for phase in PHASES
+            },
+        }
+        for (key, size), group in _groups(done).items()
+    ]
+    columns = (*SERIES_COLUMNS, "size", "jobs", *(f"{phase}_s" for phase in PHASES))
+    return Table("phases", "Phases by size", columns, rows)
+
+
+def model_loads(rows: Sequence[Mapping[str, Any]]) -> Table:
+    """Whole-model loads (the sum of their parts) and each part, per model, device and dtype."""
+    by_load: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        load = by_load.setdefault(row["load_id"], {"key": _series(row), "parts": {}})
+        load["parts"][row["component"]] = float(row["seconds"])
+    groups: dict[tuple[Key, str], list[float]] = {}
+    for load in by_load.values():
+        groups.setdefault((load["key"], "total"), []).append(sum(load["parts"].values()))
+        for component, seconds in load["parts"].items():
+            groups.setdefault((load["key"], component), []).append(seconds)
+    table = []
+    for (key, component), values in sorted(
+        groups.items(), key=lambda item: (item[0][0], item[0][1] != "total")
+    ):
+        numbers = spread(values)
+        table.append(
+            {
+                **dict(zip(SERIES_COLUMNS, key, strict=True)),
+                "component": component,
+                "loads": len(values),
+                "median_s": numbers["median_s"],
+                "min_s": numbers["min_s"],
+                "max_s": numbers["max_s"],
+            }
+        )
+    columns = (*SERIES_COLUMNS, "component", "loads", "median_s", "min_s", "max_s")
+    return Table("loads", "Model loads", columns, table)
+
+
+def eta_accuracy(rows: Sequence[Mapping[str, Any]]) -> Table:
+    """eta.accuracy_report overall, by size and by UTC day, one row per point."""
+    if not rows:
+        return Table("eta-accuracy", "ETA accuracy", _ETA_COLUMNS, [])
+    report = accuracy_report(rows)
+    scopes: list[tuple[str, str, Mapping[str, Any]]] = [("overall", "", report["overall"])]
+    scopes += [("size", size, summary) for size, summary in report["by_size"].items()]
+    days: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        days.setdefault(_period(row["finished_at"], "day"), []).append(row)
+    scopes += [("day", day, accuracy_report(day_rows)["overall"]) for day, day_rows in sorted(days.items())]
+    table = [
+        {"scope": scope, "group": group, "point": point, **summary[point]}
+        for scope, group, summary in scopes
+        for point in report["points"]
+    ]
+    return Table("eta-accuracy", "ETA accuracy", _ETA_COLUMNS, table)
+
+
+def _period(finished_at: float, bucket: str) -> str:
+    moment = datetime.fromtimestamp(finished_at, tz=UTC)
+    return moment.strftime("%Y-%m-%d" if bucket == "day" else "%Y-%m-%d %H:00")
+
+
+def throughput(jobs: Sequence[Mapping[str, Any]], bucket: str) -> Table:
+    """Ended jobs by status and images made, per UTC day or hour; periods without jobs are left out."""
+    periods: dict[str, dict[str, Any]] = {}
+    for job in jobs:
+        period = periods.setdefault(
+            _period(job["finished_at"], bucket),
+            {"jobs": 0, **dict.fromkeys(ENDED, 0), "images": 0},
+        )
+        period["jobs"] += 1
+        period[job["status"]] += 1
+        if job["status"] == "done":
+            period["images"] += job["num_images"]
+    rows = [{"period": name, **counts} for name, counts in sorted(periods.items())]
+    return Table("throughput", f"Throughput per {bucket}", ("period", "jobs", *ENDED, "images"), rows)
+
+
+def gpu_use(done: Sequence[Mapping[str, Any]]) -> Table:
+    """GPU utilisation (pynvml) by size, over the jobs that have readings; on a CPU there are none."""
+    rows = []
+    for (key, size), group in _groups(done).items():
+        read = [job for job in group if job["gpu_util_mean"] is not None]
+        peaks = [job["gpu_mem_peak_mb"] for job in read if job["gpu_mem_peak_mb"] is not None]
+        rows.append(
+            {
+                **_row(key, size),
+                "jobs": len(group),
+                "with_readings": len(read),
+                "util_start_median": _median(job["gpu_util_start"] for job in read),
+                "util_mean_median": _median(job["gpu_util_mean"] for job in read),
+                "mem_peak_max_mb": max(peaks) if peaks else None,
+            }
+        )
+    columns = (
+        *SERIES_COLUMNS,
+        "size",
+        "jobs",
+        "with_readings",
+        "util_start_median",
+        "util_mean_median",
+        "mem_peak_max_mb",
+    )
+    return Table("gpu", "GPU utilisation", columns, rows, {"readings": sum(r["with_readings"] for r in rows)})
+
+
+def seconds_text(value: float | None) -> str:
+    """3.1 ms, 1.24 s: how pages and the terminal show report seconds; unknown is a dash."""
+    if value is None:
+        return "–"
+    if value < 1:
+        return f"{value * 1000:.1f} ms"
+    return f"{value:.2f} s"
