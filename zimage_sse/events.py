@@ -22,6 +22,9 @@ class Event:
     seq: int = 0  # per-job sequence number: the SSE id on a job's stream
     gseq: int = 0  # process-wide sequence number: the SSE id on /api/events
     created: float = field(default_factory=time.monotonic)
+    # The event as a JSON feed sends it, keyed by the kind of id (job or global), encoded once for every
+    # client that receives it (routes/streams.py `wire`).
+    encoded: dict[bool, bytes] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def terminal(self) -> bool:

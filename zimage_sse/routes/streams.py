@@ -51,6 +51,14 @@ def json_event(event: Event, *, global_ids: bool = False) -> ServerSentEvent:
     )
 
 
+def wire(event: Event, *, global_ids: bool = False) -> bytes:
+    """`json_event` as bytes, made once per event however many clients follow it (bench/fanout.py)."""
+    cached = event.encoded.get(global_ids)
+    if cached is None:
+        cached = event.encoded[global_ids] = json_event(event, global_ids=global_ids).encode()
+    return cached
+
+
 async def _events(
     first: list[Event], subscription: Subscription | None, stop_at_terminal: bool
 ) -> AsyncIterator[Event]:
@@ -75,7 +83,7 @@ class _EventStream(EventSourceResponse):
             logger.warning("dropped an event stream whose client took no data for %s s", self.send_timeout)
 
 
-def _response(request: Request, body: AsyncIterator[ServerSentEvent]) -> Response:
+def _response(request: Request, body: AsyncIterator[ServerSentEvent | bytes]) -> Response:
     settings = settings_of(request)
     return _EventStream(
         body,
@@ -96,10 +104,10 @@ async def job_events(request: Request) -> Response:
         # 204 tells EventSource to stop reconnecting.
         return Response(status_code=204)
 
-    async def body() -> AsyncIterator[ServerSentEvent]:
+    async def body() -> AsyncIterator[bytes]:
         async with manager.follow(job_id, last_event_id) as (first, subscription):
             async for event in _events(first, subscription, stop_at_terminal=True):
-                yield json_event(event)
+                yield wire(event)
 
     return _response(request, body())
 
@@ -108,10 +116,10 @@ async def all_events(request: Request) -> Response:
     """GET /api/events: every job's events and queue changes, for dashboards."""
     manager = manager_of(request)
 
-    async def body() -> AsyncIterator[ServerSentEvent]:
+    async def body() -> AsyncIterator[bytes]:
         async with manager.follow_all(request.headers.get("last-event-id")) as (first, subscription):
             async for event in _events(first, subscription, stop_at_terminal=False):
-                yield json_event(event, global_ids=True)
+                yield wire(event, global_ids=True)
 
     return _response(request, body())
 
