@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from .broadcaster import ALL, Subscription
+from .eta import size_label
 from .events import PHASES, TERMINAL, Event
 from .jobs import JobManager, JobNotFound, JobState
 
@@ -158,9 +159,7 @@ class Metrics:
         if not state.step_s:
             return
         params = state.params
-        size = f"{params.width}x{params.height}"
-        if params.num_images > 1:
-            size += f"x{params.num_images}"
+        size = size_label(params.width, params.height, params.num_images)
         if size not in self._sizes:
             if len(self._sizes) >= MAX_SIZE_LABELS:
                 size = OTHER_SIZE
