@@ -121,6 +121,10 @@ def test_submit_from_home_page_follows_every_step_to_the_image(web: Server, page
     wait_for_panel(page, "running", 3)
     page.screenshot(path=str(SHOTS / "job-mid-run.png"))
     wait_for_panel(page, "done")
+    # The screenshot shows the finished image, not one still arriving.
+    page.wait_for_function(
+        "() => { const i = document.querySelector('img.result'); return i && i.complete; }"
+    )
     page.screenshot(path=str(SHOTS / "job-done.png"))
 
     # Every step is rendered while the page keeps up, but not guaranteed: the server renders the panel
@@ -139,14 +143,17 @@ def test_submit_from_home_page_follows_every_step_to_the_image(web: Server, page
 
     # The ETA is shown from the start (learned from the job before) and counts down while denoising.
     # It is an honest estimate, not a timer: when steps slow down (another process takes the CPU) it
-    # rises, as it should, so the check is that it mostly falls and ends far below where it began.
+    # rises, as it should, so the check is that it mostly falls, ends denoising below where it began, and
+    # reaches zero by the end (what is left after the last step is the decode, which on the tiny model
+    # at 1024² takes longer than the steps).
     shown = [(p["phase"], p["step"], p["eta"]) for p in running if p["phase"] != "Starting…"]
     assert shown and all(eta != "estimating…" for _, _, eta in shown), shown
     denoising = [eta_seconds(eta) for phase, _, eta in shown if phase == "Denoising"]
     falls = sum(b < a for a, b in pairwise(denoising))
     rises = sum(b > a for a, b in pairwise(denoising))
     assert falls >= 4 and falls > 2 * rises, f"the ETA did not count down: {shown}"
-    assert denoising[-1] < denoising[0] / 2, f"the ETA did not count down: {shown}"
+    assert denoising[-1] < denoising[0], f"the ETA did not count down: {shown}"
+    assert eta_seconds(shown[-1][2]) < 0.5 * eta_seconds(shown[0][2]), f"the ETA did not count down: {shown}"
 
     # The image replaced the bar, and the prompt's HTML shows as text.
     assert page.locator(".job-panel progress").count() == 0
