@@ -486,7 +486,7 @@ class JobManager:
             return [] if last == state.seq else None
         if not history or history[0].seq > last + 1:
             return None  # the buffer no longer reaches back: a fresh snapshot instead
-        return _latest_preview_only([event for event in history if event.seq > last])
+        return [event for event in history if event.seq > last]
 
     def _replay_global(self, last_event_id: str | None) -> list[Event] | None:
         last = _parse_id(last_event_id)
@@ -496,7 +496,7 @@ class JobManager:
             return []
         if not self._global or self._global[0].gseq > last + 1:
             return None
-        return _latest_preview_only([event for event in self._global if event.gseq > last])
+        return [event for event in self._global if event.gseq > last]
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -518,7 +518,15 @@ class JobManager:
             kind, data, job_id=state.id if state else None, seq=state.seq if state else 0, gseq=self._gseq
         )
         if state is not None:
-            self._history[state.id].append(event)
+            history = self._history[state.id]
+            if kind == "preview":
+                # A resuming client is sent only the newest preview, so the buffers keep only that one:
+                # a job's previews (a few kB each) never crowd out its steps or pile up after it ends.
+                previous = next((e for e in reversed(history) if e.kind == "preview"), None)
+                if previous is not None:
+                    _drop(history, previous)
+                    _drop(self._global, previous)
+            history.append(event)
         self._global.append(event)
         self.broadcaster.publish(event)
         return event
@@ -851,10 +859,13 @@ class JobManager:
             self._publish(state, kind, data)
 
 
-def _latest_preview_only(events: list[Event]) -> list[Event]:
-    """A resuming client needs the newest preview of each job, not a backlog of stale ones."""
-    newest = {event.job_id: event.seq for event in events if event.kind == "preview"}
-    return [event for event in events if event.kind != "preview" or newest[event.job_id] == event.seq]
+def _drop(events: deque[Event], old: Event) -> None:
+    """Remove `old` (this very event, found by identity, searching from the newest end, where a recent
+    one is) if the buffer still holds it."""
+    for index in range(len(events) - 1, -1, -1):
+        if events[index] is old:
+            del events[index]
+            return
 
 
 def _seconds(value: float | None) -> float | None:
