@@ -161,6 +161,24 @@ def script(events: list[SSE]) -> list[str]:
     return words
 
 
+def in_step_order(words: list[str]) -> list[str]:
+    """`script` words with each preview moved right after its own step. Previews are encoded on a thread
+    of their own, so the next step may arrive first; each must still come after its step and before the
+    job leaves denoising, which is checked here."""
+    steps = {
+        word.partition("/")[0].removeprefix("step:"): i for i, word in enumerate(words) if "step:" in word
+    }
+    later = [i for i, word in enumerate(words) if word.startswith("phase:") and "denoising" not in word]
+    end = min([i for i in later if i > max(steps.values(), default=0)], default=len(words))
+    ordered = [word for word in words if not word.startswith("preview:")]
+    for i, word in enumerate(words):
+        if word.startswith("preview:"):
+            number = word.removeprefix("preview:")
+            assert steps[number] < i < end, f"{word} out of place in {words}"
+            ordered.insert(ordered.index(words[steps[number]]) + 1, word)
+    return ordered
+
+
 def expected_script(steps: int, *, loading: bool = False) -> list[str]:
     phases = [f"phase:{p}" for p in PHASES if p != "loading"]
     if loading:  # the load reports each part of the checkpoint as it starts
@@ -190,7 +208,7 @@ def test_job_stream_runs_snapshot_phases_steps_done_then_closes(server: Server) 
         assert snapshot.json()["id"] == job["id"]
         assert snapshot.json()["status"] == "queued"
         # The model was loaded by the job ahead of it, so there is no loading phase.
-        assert script([e for e in events[1:] if e.event != "queued"]) == expected_script(8)
+        assert in_step_order(script([e for e in events[1:] if e.event != "queued"])) == expected_script(8)
         first_phase = next(i for i, e in enumerate(events) if e.event == "phase")
         assert all(e.event != "queued" for e in events[first_phase:])
         assert all(e.json()["job_id"] == job["id"] for e in events[1:])
@@ -221,7 +239,7 @@ def test_two_subscribers_receive_the_same_events(server: Server) -> None:
         return [(e.id, e.event, e.json().get("step")) for e in events[1:]]
 
     assert seen(first) == seen(second)
-    assert script([e for e in first[1:] if e.event != "queued"]) == expected_script(8)
+    assert in_step_order(script([e for e in first[1:] if e.event != "queued"])) == expected_script(8)
 
 
 def test_cancelling_a_queued_job_means_it_never_runs(server: Server) -> None:
@@ -403,8 +421,9 @@ def test_global_stream_carries_queue_and_job_events(make_server: Callable[..., S
     assert first_events[0].event == "queued"
     assert first_events[0].json()["position"] == 1
     # The first job on a fresh server loads the model; the second finds it loaded.
-    assert script([e for e in first_events if e.event != "queued"]) == expected_script(4, loading=True)
-    assert script([e for e in second_events if e.event != "queued"]) == expected_script(4)
+    first_script = script([e for e in first_events if e.event != "queued"])
+    assert in_step_order(first_script) == expected_script(4, loading=True)
+    assert in_step_order(script([e for e in second_events if e.event != "queued"])) == expected_script(4)
     assert first_events[-1].json()["images"] == [f"/images/{first['id']}-0.png"]
 
     # Every event says when the server made it (unix seconds), no later than the client got it.
