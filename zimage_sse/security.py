@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .config import Settings
 from .jobs import QueueFull
-from .templating import duration
+from .templating import duration, error_page
 
 # Only our own files: no inline script or style (so an injected one cannot run), previews are data: URLs,
 # SSE connects to us, and no other site may frame the pages or receive their forms.
@@ -108,14 +108,7 @@ async def reject(
     """Answer `status` without calling the app: an error page for browsers, JSON for the rest."""
     response: Response
     if wants_page(scope):
-        request = Request(scope, receive)
-        response = request.app.state.templates.TemplateResponse(
-            request,
-            "error.html",
-            {"title": HTTPStatus(status).phrase, "message": message},
-            status_code=status,
-            headers=headers,
-        )
+        response = error_page(Request(scope, receive), status, HTTPStatus(status).phrase, message, headers)
     else:
         body: dict[str, Any] = {"errors": {field: message}} if field else {"error": message}
         response = JSONResponse(body, status_code=status, headers=headers)

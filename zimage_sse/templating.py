@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
 from .config import EMBEDDED_MODELS
@@ -46,3 +47,21 @@ def make_templates() -> Jinja2Templates:
     templates.env.filters["seconds"] = seconds_text
     templates.env.autoescape = True
     return templates
+
+
+def render(
+    request: Request,
+    template: str,
+    context: dict[str, Any],
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """A page from one of our templates, with the app's environment (and its context processor)."""
+    templates: Jinja2Templates = request.app.state.templates
+    return templates.TemplateResponse(request, template, context, status_code=status_code, headers=headers)
+
+
+def error_page(
+    request: Request, status_code: int, title: str, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    return render(request, "error.html", {"title": title, "message": message}, status_code, headers)

@@ -17,6 +17,7 @@ from ..images import JOB_ID
 from ..jobs import JobFinished, JobManager, JobNotFound, QueueFull, ShuttingDown
 from ..params import InvalidRequest, validate
 from ..security import decimal, queue_full_answer
+from ..templating import error_page
 
 IMAGE_NAME_SUFFIX = ".png"
 
@@ -135,9 +136,7 @@ async def job_not_found(request: Request, exc: Exception) -> Response:
     message = f"no job with id {exc}"
     if wants_json(request):
         return JSONResponse({"error": message}, status_code=404)
-    return request.app.state.templates.TemplateResponse(  # type: ignore[no-any-return]
-        request, "error.html", {"title": "Job not found", "message": message}, status_code=404
-    )
+    return error_page(request, 404, "Job not found", message)
 
 
 async def job_finished(request: Request, exc: Exception) -> Response:
@@ -156,9 +155,7 @@ async def queue_full(request: Request, exc: Exception) -> Response:
     message, body, headers = queue_full_answer(exc)
     if wants_json(request):
         return JSONResponse(body, status_code=429, headers=headers)
-    return request.app.state.templates.TemplateResponse(  # type: ignore[no-any-return]
-        request, "error.html", {"title": "Queue full", "message": message}, status_code=429, headers=headers
-    )
+    return error_page(request, 429, "Queue full", message, headers)
 
 
 async def shutting_down(request: Request, exc: Exception) -> Response:
@@ -166,13 +163,7 @@ async def shutting_down(request: Request, exc: Exception) -> Response:
     headers = {"Retry-After": "10"}
     if wants_json(request):
         return JSONResponse({"error": str(exc)}, status_code=503, headers=headers)
-    return request.app.state.templates.TemplateResponse(  # type: ignore[no-any-return]
-        request,
-        "error.html",
-        {"title": "Shutting down", "message": str(exc)},
-        status_code=503,
-        headers=headers,
-    )
+    return error_page(request, 503, "Shutting down", str(exc), headers)
 
 
 async def malformed_json(request: Request, exc: Exception) -> Response:

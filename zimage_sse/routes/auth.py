@@ -14,13 +14,12 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from ..security import LOGIN_PATH, SESSION_COOKIE, SESSION_MAX_AGE_S, safe_next, session_cookie
+from ..templating import render
 from .api import settings_of
 
 
 def _login_page(request: Request, next_path: str, error: str | None, status_code: int = 200) -> Response:
-    return request.app.state.templates.TemplateResponse(  # type: ignore[no-any-return]
-        request, "login.html", {"next": next_path, "error": error}, status_code=status_code
-    )
+    return render(request, "login.html", {"next": next_path, "error": error}, status_code)
 
 
 async def login_form(request: Request) -> Response:

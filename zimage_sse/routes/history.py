@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import Any
 from urllib.parse import urlencode
 
 from starlette.datastructures import UploadFile
@@ -19,15 +18,10 @@ from ..events import STATUSES
 from ..images import JOB_ID
 from ..jobs import JobState
 from ..params import InvalidRequest
+from ..templating import render
 from .api import job_id_of, json_body, manager_of, settings_of, whole_number
 
 THUMB_NAME_SUFFIX = ".jpg"
-
-
-def _page(request: Request, template: str, context: dict[str, Any], status_code: int = 200) -> Response:
-    return request.app.state.templates.TemplateResponse(  # type: ignore[no-any-return]
-        request, template, context, status_code=status_code
-    )
 
 
 def _positive(raw: str | None, default: int, high: int) -> int:
@@ -50,7 +44,7 @@ async def history_page(request: Request) -> Response:
     def link(number: int) -> str:
         return "/history?" + urlencode({**keep, "page": str(number)})
 
-    return _page(
+    return render(
         request,
         "history.html",
         {
@@ -110,7 +104,7 @@ async def delete_form(request: Request) -> Response:
 
 
 def _error(request: Request, title: str, message: str, status_code: int) -> Response:
-    return _page(request, "error.html", {"title": title, "message": message}, status_code)
+    return render(request, "error.html", {"title": title, "message": message}, status_code)
 
 
 def _reasons(errors: dict[str, str]) -> str:

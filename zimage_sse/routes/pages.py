@@ -13,14 +13,9 @@ from ..history import job_details
 from ..jobs import JobFinished, QueueFull
 from ..params import FIELDS, InvalidRequest, validate
 from ..security import queue_full_answer
+from ..templating import render
 from .api import job_id_of, manager_of, settings_of
 from .history import png_upload
-
-
-def _page(request: Request, template: str, context: dict[str, Any], status_code: int = 200) -> Response:
-    return request.app.state.templates.TemplateResponse(  # type: ignore[no-any-return]
-        request, template, context, status_code=status_code
-    )
 
 
 def _form_defaults(request: Request) -> dict[str, Any]:
@@ -40,7 +35,7 @@ def _form_defaults(request: Request) -> dict[str, Any]:
 async def home(request: Request) -> Response:
     manager = manager_of(request)
     recent = [job.snapshot() for job in await manager.recent(limit=6, status="done")]
-    return _page(
+    return render(
         request,
         "home.html",
         {
@@ -72,7 +67,7 @@ async def submit_form(request: Request) -> Response:
         "queue": manager.queue_snapshot(),
         "recent": [],
     }
-    response = _page(request, "home.html", context, status_code=status_code)
+    response = render(request, "home.html", context, status_code=status_code)
     response.headers.update(headers)
     return response
 
@@ -80,7 +75,8 @@ async def submit_form(request: Request) -> Response:
 async def job_page(request: Request) -> Response:
     manager = manager_of(request)
     state = await manager.get(job_id_of(request))
-    return _page(request, "job.html", {"job": state.snapshot(), "details": await job_details(manager, state)})
+    details = await job_details(manager, state)
+    return render(request, "job.html", {"job": state.snapshot(), "details": details})
 
 
 async def from_png_form(request: Request) -> Response:
@@ -91,9 +87,9 @@ async def from_png_form(request: Request) -> Response:
         found = await png_upload(request)
     except InvalidRequest as exc:
         context.update(form=_form_defaults(request), errors=exc.errors)
-        return _page(request, "home.html", context, status_code=422)
+        return render(request, "home.html", context, status_code=422)
     context.update(form={**_form_defaults(request), **found.params}, errors={}, loaded=found)
-    return _page(request, "home.html", context)
+    return render(request, "home.html", context)
 
 
 async def cancel_form(request: Request) -> Response:

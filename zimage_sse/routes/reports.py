@@ -13,6 +13,7 @@ from .. import charts, reports
 from ..eta import Curve
 from ..params import InvalidRequest
 from ..reports import POINTS, Report, seconds_text
+from ..templating import render
 from .api import manager_of
 
 CSV_SUFFIX = ".csv"
@@ -70,9 +71,7 @@ async def reports_page(request: Request) -> Response:
     else:
         query = filters.params()
         context.update(sections=page_sections(report), report=report, query=query, bucket=filters.bucket)
-    return request.app.state.templates.TemplateResponse(  # type: ignore[no-any-return]
-        request, "reports.html", context, status_code=status
-    )
+    return render(request, "reports.html", context, status)
 
 
 def series_label(row: Row) -> str:
