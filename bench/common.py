@@ -29,6 +29,8 @@ from typing import Any
 
 import httpx
 
+from zimage_sse.client import SseParser
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
 MB = 1024 * 1024
@@ -220,7 +222,7 @@ async def open_stream(host: str, port: int, path: str) -> tuple[asyncio.StreamRe
 async def messages(reader: asyncio.StreamReader) -> AsyncIterator[Message]:
     """SSE messages from a chunked HTTP/1.1 body (uvicorn sends each message as one or more chunks)."""
     buffer = b""
-    event, event_id, data = "", None, list[str]()
+    parser = SseParser()
     while True:
         size_line = await reader.readuntil(b"\r\n")
         size = int(size_line.strip() or b"0", 16)
@@ -229,20 +231,9 @@ async def messages(reader: asyncio.StreamReader) -> AsyncIterator[Message]:
         buffer += (await reader.readexactly(size + 2))[:-2]
         *lines, buffer = buffer.split(b"\n")
         for raw in lines:
-            line = raw.decode().removesuffix("\r")
-            if line == "":
-                if data or event:
-                    yield Message(event or "message", event_id, "\n".join(data), time.time())
-                event, data = "", []
-            elif not line.startswith(":"):
-                field, _, value = line.partition(":")
-                value = value.removeprefix(" ")
-                if field == "data":
-                    data.append(value)
-                elif field == "event":
-                    event = value
-                elif field == "id":
-                    event_id = value
+            message = parser.feed(raw.decode().removesuffix("\r"))
+            if message is not None:
+                yield Message(message.event, message.id, message.data, time.time())
 
 
 # -- reporting ------------------------------------------------------------------------------------

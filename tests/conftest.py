@@ -20,6 +20,7 @@ import pytest
 from playwright.sync_api import Browser, sync_playwright
 
 from zimage_sse import pipeline
+from zimage_sse.client import SseParser
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -154,33 +155,20 @@ class SSE:
 def read_sse(
     response: httpx.Response | Iterator[str], until: Callable[[SSE], bool] | None = None
 ) -> list[SSE]:
-    """Parse an SSE response (per the WHATWG spec's field rules) until it ends or `until` says stop.
+    """Parse an SSE response (the client's WHATWG parser) until it ends or `until` says stop.
 
     Pass `response.iter_lines()` instead of the response to go on reading the same open stream later.
     """
     lines = response.iter_lines() if isinstance(response, httpx.Response) else response
+    parser = SseParser()
     events: list[SSE] = []
-    event_id: str | None = None
-    kind, data = "", list[str]()
     for line in lines:
-        if line == "":
-            if data or kind:
-                item = SSE(event_id, kind or "message", "\n".join(data))
-                events.append(item)
-                if until is not None and until(item):
-                    return events
-            kind, data = "", []
-            continue
-        if line.startswith(":"):
-            continue
-        field, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if field == "data":
-            data.append(value)
-        elif field == "event":
-            kind = value
-        elif field == "id":
-            event_id = value
+        message = parser.feed(line)
+        if message is not None:
+            item = SSE(message.id, message.event, message.data)
+            events.append(item)
+            if until is not None and until(item):
+                return events
     return events
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from zimage_sse.client import SseParser
 from zimage_sse.events import TERMINAL
 
 from .conftest import SSE, Server, follow, submit
@@ -36,41 +37,32 @@ UNLIMITED = {"submit_rate": "0", "max_queue": "0"}
 
 
 class SSEParser:
-    """Incremental SSE parsing per the WHATWG rules: an event counts only once its blank line arrives,
-    so a connection cut mid-event loses that event, and the id persists as the Last-Event-ID."""
+    """Bytes in, messages out, a chunk at a time (a chunk may end mid-line or mid-character): the field
+    rules are the client's WHATWG parser, so an event counts only once its blank line arrives, a
+    connection cut mid-event loses that event, and the id persists as the Last-Event-ID."""
 
     def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")()  # a chunk may end mid-character
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
         self._buffer = ""
-        self.last_id: str | None = None
-        self._kind = ""
-        self._data: list[str] = []
+        self._fields = SseParser()
+
+    @property
+    def last_id(self) -> str | None:
+        return self._fields.last_id
 
     def feed(self, chunk: bytes) -> list[SSE]:
         text = self._buffer + self._decoder.decode(chunk)
         held = "\r" if text.endswith("\r") else ""  # it may be the first half of a \r\n
         *lines, rest = re.split(r"\r\n|\r|\n", text.removesuffix(held))
         self._buffer = rest + held
-        events = []
-        for line in lines:
-            if line == "":
-                if self._data or self._kind:
-                    events.append(SSE(self.last_id, self._kind or "message", "\n".join(self._data)))
-                self._kind, self._data = "", []
-            elif not line.startswith(":"):
-                name, _, value = line.partition(":")
-                value = value.removeprefix(" ")
-                if name == "data":
-                    self._data.append(value)
-                elif name == "event":
-                    self._kind = value
-                elif name == "id":
-                    self.last_id = value
-        return events
+        messages = (self._fields.feed(line) for line in lines)
+        return [SSE(m.id, m.event, m.data) for m in messages if m is not None]
 
     def drop(self) -> None:
         """The connection is gone: an event half received is lost; the last id is kept."""
-        self._buffer, self._kind, self._data = "", "", []
+        last_id = self._fields.last_id
+        self._buffer, self._fields = "", SseParser()
+        self._fields.last_id = last_id
         self._decoder.reset()
 
 

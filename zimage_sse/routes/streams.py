@@ -26,8 +26,9 @@ from .api import job_id_of, manager_of, settings_of
 
 logger = logging.getLogger(__name__)
 
-# htmx's hx-sse extension closes the connection on this named event (hx-sse:close="end").
-END = ServerSentEvent(data="", event="end")
+# htmx's hx-sse extension closes the connection on this named event (hx-sse:close="end"). It carries
+# data because an SSE message without any is never dispatched (WHATWG HTML, "dispatch the event").
+END = ServerSentEvent(data="end", event="end")
 # How long a client should wait before reconnecting after a `shutdown` event (the SSE `retry` field,
 # which EventSource and htmx honour): a restart takes a few seconds.
 SHUTDOWN_RETRY_MS = 2000
