@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from zimage_sse.broadcaster import ALL, Broadcaster, Subscription
+from zimage_sse.broadcaster import ALL, COALESCE_AFTER, Broadcaster, Subscription
 from zimage_sse.events import Event
 
 TIMEOUT = 5.0
@@ -129,7 +129,7 @@ async def test_a_job_topic_gets_only_its_job_while_all_gets_everything() -> None
 
 
 async def test_a_slow_subscriber_sees_the_newest_step_not_a_backlog() -> None:
-    broadcaster = Broadcaster()
+    broadcaster = Broadcaster(coalesce_after=0)  # behind from the first waiting event
     async with broadcaster.subscribe(A) as slow:
         for event in a_whole_job(A, steps=8):
             broadcaster.publish(event)
@@ -152,7 +152,7 @@ async def test_a_slow_subscriber_sees_the_newest_step_not_a_backlog() -> None:
 async def test_a_burst_of_queue_moves_leaves_one_queued_event_per_job() -> None:
     """Each submit to a queue of N jobs tells all N where they stand: a reader that is a little behind
     holds the newest position of each job, not N² events that would overflow it."""
-    broadcaster = Broadcaster(maxsize=8)
+    broadcaster = Broadcaster(maxsize=8, coalesce_after=0)
     loading = Event("queued", {"position": 1, "model_loading": {"state": "loading"}}, job_id=A)
     async with broadcaster.subscribe(ALL) as slow:
         for length in range(1, 21):
@@ -173,7 +173,7 @@ async def test_a_burst_of_queue_moves_leaves_one_queued_event_per_job() -> None:
 
 
 async def test_steps_are_not_coalesced_across_a_phase() -> None:
-    broadcaster = Broadcaster()
+    broadcaster = Broadcaster(coalesce_after=0)  # behind from the first waiting event
     published = [step(A, 1), step(A, 2), phase(A, "decoding"), step(A, 3), step(A, 4), done(A)]
     async with broadcaster.subscribe(A) as slow:
         for event in published:
@@ -197,8 +197,29 @@ async def test_a_reader_that_keeps_up_sees_every_step() -> None:
     assert steps_of(seen) == [(A, n) for n in range(1, 9)]
 
 
-async def test_steps_of_different_jobs_are_not_merged() -> None:
+async def test_a_reader_a_few_events_behind_still_sees_every_step() -> None:
+    """Events reach the loop in bursts before a stream's task runs; below COALESCE_AFTER waiting events
+    that is not a slow reader, and it gets every step (the CLI prints each one)."""
     broadcaster = Broadcaster()
+    async with broadcaster.subscribe(A) as subscription:
+        for number in range(1, COALESCE_AFTER):
+            broadcaster.publish(step(A, number))
+        broadcaster.publish(done(A))
+        received = await until_terminal(subscription)
+    assert steps_of(received) == [(A, n) for n in range(1, COALESCE_AFTER)]
+
+    async with broadcaster.subscribe(A) as behind:
+        for number in range(1, 3 * COALESCE_AFTER):
+            broadcaster.publish(step(A, number))
+        broadcaster.publish(done(A))
+        received = await until_terminal(behind)
+    # Past the threshold the newest step replaces the waiting one: a bounded backlog ending at the last.
+    assert len(steps_of(received)) == COALESCE_AFTER
+    assert steps_of(received)[-1] == (A, 3 * COALESCE_AFTER - 1)
+
+
+async def test_steps_of_different_jobs_are_not_merged() -> None:
+    broadcaster = Broadcaster(coalesce_after=0)  # behind from the first waiting event
     async with broadcaster.subscribe(ALL) as slow:
         for event in (step(A, 1), step(B, 1), step(A, 2), step(B, 2), step(A, 3), done(A), done(B)):
             broadcaster.publish(event)
@@ -216,7 +237,7 @@ async def test_a_coalesced_step_keeps_the_all_feed_in_id_order() -> None:
     # /api/events sends gseq as the SSE id and a reconnecting client gets the events after the last id it
     # saw, so ids must only ever increase: a newer step delivered ahead of an older event of another job
     # means a client that drops between the two never receives the older one.
-    broadcaster = Broadcaster()
+    broadcaster = Broadcaster(coalesce_after=0)  # behind from the first waiting event
     order = [(A, 1), (B, 1), (A, 2), (B, 2), (A, 3)]
     published = [
         Event("step", {"step": number}, job_id=job, gseq=gseq) for gseq, (job, number) in enumerate(order, 1)

@@ -1,9 +1,10 @@
 """In-process pub/sub from the job manager to every open stream.
 
 Each subscriber has its own bounded queue, so a slow client never slows the worker or other
-clients. A step or queued event replaces an undelivered one of the same job (a slow reader sees the
-newest progress, not a backlog); when the queue is full anyway the subscriber is closed and its client
-resumes with Last-Event-ID, so terminal events are never silently dropped.
+clients. Once a reader is behind (COALESCE_AFTER events waiting), a step or queued event replaces an
+undelivered one of the same job (a slow reader sees the newest progress, not a backlog); a reader that is
+only a loop turn behind still gets every step. When the queue is full anyway the subscriber is closed
+and its client resumes with Last-Event-ID, so terminal events are never silently dropped.
 """
 
 from __future__ import annotations
@@ -20,12 +21,16 @@ ALL = "*"  # topic that receives every event, including queue-wide ones
 # a queued job's position and predictions. Without the latter, every submit to a queue of N jobs would
 # put N events in each subscriber's queue at once, and a burst of submits would overflow readers.
 SUPERSEDING = frozenset({"step", "queued"})
+# How many undelivered events make a reader "behind". Fewer are normal: the worker's events reach the loop
+# in bursts (a step and a preview, several emits while the loop was busy) before a stream's task runs.
+COALESCE_AFTER = 8
 
 
 class Subscription:
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, coalesce_after: int = COALESCE_AFTER) -> None:
         self._items: deque[Event] = deque()
         self._maxsize = maxsize
+        self._coalesce_after = min(coalesce_after, maxsize // 2)
         self._wake = asyncio.Event()
         self.closed = False
         self.overflowed = False
@@ -33,7 +38,7 @@ class Subscription:
     def offer(self, event: Event) -> None:
         if self.closed:
             return
-        if event.kind in SUPERSEDING:
+        if event.kind in SUPERSEDING and len(self._items) >= self._coalesce_after:
             # Drop the job's undelivered event of the same kind if it is that job's latest event; the
             # new one goes to the end, so events stay in publishing order (ids only ever rise on a
             # feed). Previews in between do not matter (the newest one is kept anyway). A `queued`
@@ -84,8 +89,9 @@ class Subscription:
 
 
 class Broadcaster:
-    def __init__(self, maxsize: int = 256) -> None:
+    def __init__(self, maxsize: int = 256, coalesce_after: int = COALESCE_AFTER) -> None:
         self._maxsize = maxsize
+        self._coalesce_after = coalesce_after
         self._topics: dict[str, set[Subscription]] = {}
         self._farewell: Event | None = None  # set by close_all: later subscribers get it at once
 
@@ -99,7 +105,7 @@ class Broadcaster:
 
     def open(self, topic: str) -> Subscription:
         """Subscribe synchronously, so a caller can take a snapshot in the same loop turn (no gap)."""
-        subscription = Subscription(self._maxsize)
+        subscription = Subscription(self._maxsize, self._coalesce_after)
         if self._farewell is not None:
             subscription.close(self._farewell)  # a stream opened during shutdown ends at once
         self._topics.setdefault(topic, set()).add(subscription)
