@@ -130,8 +130,9 @@ def test_submit_from_home_page_follows_every_step_to_the_image(web: Server, page
     # Every step is rendered while the page keeps up, but not guaranteed: the server renders the panel
     # from the job's current state and skips an event when a newer one is already waiting for this
     # stream (routes/streams.py job_fragments; the broadcaster also replaces an undelivered step with
-    # the next once the stream is 8 events behind). So a step is skipped only when the stream falls a whole step behind the worker, as it
-    # can on a busy machine; what the user sees is still a counter that only goes up and ends at N/N.
+    # the next once the stream is 8 events behind). So a step is skipped only when the stream falls a
+    # whole step behind the worker, as it can on a busy machine; what the user sees is still a counter
+    # that only goes up and ends at N/N.
     seen = panels(page)
     running = [p for p in seen if p["status"] == "running"]
     steps = [p["step"] for p in running]
