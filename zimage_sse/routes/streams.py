@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import SendTimeoutError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from ..broadcaster import Subscription
 from ..events import Event
@@ -76,12 +78,45 @@ async def _events(
 
 
 class _EventStream(EventSourceResponse):
+    """sse-starlette's response with one stall watchdog per stream instead of a timer per send.
+
+    sse-starlette bounds each send with its own anyio cancel scope and timer. With 1,000 clients that
+    is a scope and a timer per client per event, a fifth of the event loop's time in the fan-out
+    (bench/RESULTS.md "Fan-out"). Here a send only notes when it began, and one watchdog task per
+    stream ends the response once a send has been blocked for `stalled_after` seconds: a client that
+    stopped reading, whose socket buffer is full. The body generator is then closed by the response's
+    task group, so its subscription is released.
+    """
+
+    def __init__(
+        self, content: AsyncIterator[ServerSentEvent | bytes], *, stalled_after: float, **kwargs: Any
+    ) -> None:
+        super().__init__(content, data_sender_callable=self._watchdog, **kwargs)
+        self.stalled_after = stalled_after
+        self._send_began: float | None = None  # time.monotonic() of the send in progress, if any
+
+    async def _send_with_timeout(self, send: Send, message: Message) -> None:
+        self._send_began = time.monotonic()
+        try:
+            await send(message)
+        finally:
+            self._send_began = None
+
+    async def _watchdog(self) -> None:
+        while True:
+            began, now = self._send_began, time.monotonic()
+            if began is not None and now - began >= self.stalled_after:
+                raise SendTimeoutError
+            # Wake when the send in progress would have stalled, or a full period from now if none
+            # is: a send that begins meanwhile is checked then, within `stalled_after` of its start.
+            await anyio.sleep(self.stalled_after - (now - began) if began is not None else self.stalled_after)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         except SendTimeoutError:
             # Expected, not a fault: the body generator has been closed, so its subscription is gone.
-            logger.warning("dropped an event stream whose client took no data for %s s", self.send_timeout)
+            logger.warning("dropped an event stream whose client took no data for %s s", self.stalled_after)
 
 
 def _response(request: Request, body: AsyncIterator[ServerSentEvent | bytes]) -> Response:
@@ -92,7 +127,7 @@ def _response(request: Request, body: AsyncIterator[ServerSentEvent | bytes]) ->
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         # A client that stops reading blocks our send once its socket is full: after this long the
         # response ends and its subscription is released (its bounded queue holds what waits meanwhile).
-        send_timeout=settings.stalled_stream_s,
+        stalled_after=settings.stalled_stream_s,
     )
 
 
