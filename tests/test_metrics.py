@@ -44,6 +44,12 @@ class FakeRunner:
     def gpu_sample(self) -> GpuSample | None:
         return self.sample
 
+    def thread_started(self) -> None:
+        raise AssertionError("the manager's worker thread never starts in these tests")
+
+    def between_jobs(self) -> None:
+        raise AssertionError("no job runs in these tests")
+
     def load(self, emit: Emit | None = None) -> Any:
         raise AssertionError("the model is never loaded in these tests")
 

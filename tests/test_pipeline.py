@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import secrets
 import threading
@@ -270,3 +271,36 @@ def test_a_failed_job_says_why_and_the_worker_carries_on(worker: Worker, images_
     assert events.steps() == [1, 2, 3, 4]
     with Image.open(images_dir / outcome.images[0]) as image:
         assert image.size == (192, 128)
+
+
+# -- the garbage collector (zimage_sse/heap.py) --------------------------------------------------
+
+
+def test_no_full_garbage_collection_stops_a_job_and_one_runs_after_it(worker: Worker) -> None:
+    """A full collection holds the GIL for ~0.16 ms per open stream, so it must not land mid-job."""
+    run(worker, make_params())  # load and warm up: both freeze what they leave alive
+    recorder = Recorder()
+    # One per full collection: whether it came while the job encoded, denoised or decoded (from its
+    # first event to its `saving` phase; the collector's setting is undone just after the save).
+    full: list[bool] = []
+
+    def watch(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start" and info["generation"] == 2:
+            full.append(bool(recorder.events) and recorder.events[-1] != ("phase", {"phase": "saving"}))
+
+    saved = gc.get_threshold()
+    gc.set_threshold(1, 1, 1)  # were they allowed, full collections would run every few allocations
+    gc.callbacks.append(watch)
+    try:
+        _, outcome, _ = run(worker, make_params(seed=8), recorder)
+        during, restored, before = full.count(True), gc.get_threshold(), len(full)
+        worker.between_jobs()
+        between = len(full) - before
+    finally:
+        gc.callbacks.remove(watch)
+        gc.set_threshold(*saved)
+
+    assert recorder.steps() == [1, 2, 3, 4] and outcome.images
+    assert during == 0
+    assert restored == (1, 1, 1)  # the job's own setting is undone, whatever the process had
+    assert between >= 1

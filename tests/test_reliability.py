@@ -28,6 +28,9 @@ from .test_streams import Listener, job_events_path
 # Tens of milliseconds a step at 512² on the tiny model on 2 idle CPU cores, several times that on a busy
 # machine: long enough to act while the job runs, short enough to run it to its end.
 MEDIUM_JOB: dict[str, Any] = {"width": 512, "height": 512, "steps": 30}
+# For a job that must still be running when a signal sent at its first step lands: MEDIUM_JOB's steps
+# take ~9 ms once the collector no longer walks the model (zimage_sse/heap.py), so it can end first.
+LONG_JOB: dict[str, Any] = {"width": 768, "height": 768, "steps": 100}
 # From the moment nothing is left to wait for (the running job ended or was stopped) to the exit.
 EXIT_DEADLINE_S = 30.0
 POLL_S = 0.05  # polling a condition with a deadline, never a stand-in for synchronisation
@@ -143,7 +146,7 @@ def test_sigterm_past_the_grace_queues_the_running_job_again_to_run_first(
     first = start_server(data, models_dir, env={"ZIMAGE_SSE_SHUTDOWN_GRACE": "0.2"})
     try:
         with first.client() as client:
-            cut = submit(client, prompt="cut off by the shutdown", **MEDIUM_JOB)
+            cut = submit(client, prompt="cut off by the shutdown", **LONG_JOB)
             later = submit(client, prompt="queued behind it")
             watcher = Listener(first, job_events_path(cut["id"]))
             watcher.wait_for(is_step)
@@ -175,7 +178,7 @@ def test_sigterm_past_the_grace_queues_the_running_job_again_to_run_first(
             assert resumed[0].event == "snapshot", resumed[0]
             assert resumed[-1].event == "done", [e.event for e in resumed]
             steps = [e.json()["step"] for e in resumed if e.event == "step"]
-            assert steps == list(range(1, MEDIUM_JOB["steps"] + 1))
+            assert steps == list(range(1, LONG_JOB["steps"] + 1))
             assert follow(client, later["id"])[-1].event == "done"
     finally:
         second.stop()
@@ -201,7 +204,7 @@ def test_kill_9_requeues_the_running_job_once_then_fails_it_and_keeps_the_queue_
     first = start_server(data, models_dir)
     try:
         with first.client() as client:
-            doomed = submit(client, prompt="running when the server dies", **MEDIUM_JOB)
+            doomed = submit(client, prompt="running when the server dies", **LONG_JOB)
             queued = [submit(client, prompt=f"queued {n}", steps=2) for n in range(3)]
             kill_mid_job(first, doomed["id"])
     finally:

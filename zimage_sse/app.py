@@ -46,6 +46,7 @@ def create_app(settings: Settings) -> Starlette:
             settings.device,
             settings.dtype,
             preview_every=settings.preview_every,
+            cpu_nice=settings.cpu_worker_nice,
         )
         manager = JobManager(
             store,

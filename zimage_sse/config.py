@@ -30,6 +30,9 @@ DEFAULT_PRESETS: tuple[Preset, ...] = (
 )
 
 
+MAX_NICE = 19  # Linux's lowest priority
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -56,6 +59,10 @@ class Settings:
     heartbeat_s: float = 15.0
     # A live preview every N denoising steps (0: none). Turbo runs 8 steps, so every step by default.
     preview_every: int = 1
+    # On a CPU device the model's threads share the cores with the web server: they run this much nicer
+    # (Linux thread niceness, 0-19), so streams are served first and generation takes every cycle left
+    # over. 0: the same priority. GPUs are fed at the server's own priority.
+    cpu_worker_nice: int = 10
     # Load the model when the server starts instead of with the first job.
     preload: bool = False
     # Unload the model after this many seconds without jobs (0: keep it loaded).
@@ -95,6 +102,13 @@ class Settings:
     submit_rate: float = 30.0
     submit_burst: int = 30
     presets: tuple[Preset, ...] = field(default=DEFAULT_PRESETS)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.cpu_worker_nice <= MAX_NICE:
+            raise ValueError(
+                f"{ENV_PREFIX}CPU_WORKER_NICE={self.cpu_worker_nice}: use 0 (off) to {MAX_NICE};"
+                " a thread may lower its own priority, never raise it"
+            )
 
     @property
     def thumbs_dir(self) -> Path:

@@ -76,6 +76,10 @@ class Runner(Protocol):
 
     def gpu_sample(self) -> Any: ...
 
+    def thread_started(self) -> None: ...
+
+    def between_jobs(self) -> None: ...
+
     def load(self, emit: Emit | None = None) -> Any: ...
 
     def unload(self) -> None: ...
@@ -245,7 +249,9 @@ class JobManager:
         self._epoch = time.time_ns() // 1000
         self._gseq = self._epoch
         self.eta = EtaModel()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"worker-{runner.device}")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"worker-{runner.device}", initializer=runner.thread_started
+        )
         self._task: asyncio.Task[None] | None = None
         self._preload: asyncio.Task[None] | None = None
         # What GET /api/status and `status` events say about the model.
@@ -738,6 +744,7 @@ class JobManager:
             self._set_model_status(state="failed", error=error)
         await self._finish_job(state, status, error=error, outcome=outcome)
         self._queue_changed()
+        await loop.run_in_executor(self._executor, self.runner.between_jobs)
 
     async def _requeue(self, state: JobState) -> None:
         """Shutdown stopped this job: back to the head of the queue, as it was before it started."""

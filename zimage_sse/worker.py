@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 import gc
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +22,7 @@ from typing import Any
 import diffusers
 import torch
 
-from . import __version__, images, pipeline, preview, repro
+from . import __version__, heap, images, pipeline, preview, repro
 from .events import Cancelled, JobFailed
 from .gpu import GpuMonitor, GpuSample
 from .logs import job_context
@@ -95,8 +97,10 @@ class Worker:
         device: str = "auto",
         dtype: str = "auto",
         preview_every: int = 1,
+        cpu_nice: int = 0,
     ) -> None:
         self.model = model
+        self.cpu_nice = cpu_nice
         self.preview_every = preview_every
         self.models_dir = models_dir
         self.images_dir = images_dir
@@ -110,6 +114,7 @@ class Worker:
         self.gpu = GpuMonitor(self.device)
         # Previews are encoded here, off the thread that feeds the GPU (bench/RESULTS.md, "GPU").
         self._previews = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preview")
+        heap.freeze()
 
     @property
     def loaded(self) -> bool:
@@ -124,6 +129,7 @@ class Worker:
     def unload(self) -> None:
         """Give the device memory back; the next job loads the model again."""
         self._pipe, self._warm = None, False
+        heap.unfreeze()  # what the model left in reference cycles can be collected again
         self._free_memory()
 
     def _free_memory(self) -> None:
@@ -135,6 +141,24 @@ class Worker:
 
     def gpu_sample(self) -> GpuSample | None:
         return self.gpu.sample()
+
+    def between_jobs(self) -> None:
+        """Run on the worker's thread after each job: the full garbage collection that is kept out of
+        jobs (zimage_sse/heap.py)."""
+        heap.collect_between_jobs()
+
+    def thread_started(self) -> None:
+        """Run first on the thread that will load and run the model (the job manager's executor).
+
+        On a CPU device, torch computes on this thread and on the pool threads it starts (which inherit
+        its niceness), on the same cores as the event loop that serves every page and stream. Without
+        a lower priority here, the model's threads took an equal share while 1,000 clients waited on
+        their step events: the fan-out's p50 went from 40 to 25 ms with it (bench/RESULTS.md
+        "Fan-out"). Idle cores still all go to the model, so a server with no one to serve generates as
+        fast as before. Linux sets niceness per thread; elsewhere this does nothing.
+        """
+        if self.device == "cpu" and self.cpu_nice and sys.platform == "linux":
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.cpu_nice)
 
     @property
     def dtype_name(self) -> str:
@@ -184,13 +208,15 @@ class Worker:
             if current[0] is not None:
                 timings[current[0]] = time.perf_counter() - current[1]
             self._pipe, self._warm, self.load_timings = pipe, False, timings
+            heap.freeze()
         return self._pipe
 
     def run(self, job_id: str, params: JobParams, emit: Emit, cancel: threading.Event) -> Outcome:
         """Run one job; raises Cancelled, or JobFailed with a readable reason (errors end here, once)."""
         with job_context(job_id):
             try:
-                return self._run(job_id, params, emit, cancel)
+                with heap.young_collections_only():
+                    return self._run(job_id, params, emit, cancel)
             except Cancelled:
                 raise
             except Exception as exc:
@@ -318,6 +344,8 @@ class Worker:
             return names
 
         names = timer.run("saving", emit, save)
+        if warm_up:
+            heap.freeze()  # its first run imported and cached more (zimage_sse/heap.py)
         self._warm = True
         return Outcome(
             images=names,
