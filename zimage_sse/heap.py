@@ -1,4 +1,4 @@
-"""When CPython's cyclic garbage collector may stop the server, so that it never stops a job's stream.
+"""When CPython's cyclic garbage collector may stop the server, so that it does not stop a job's stream.
 
 A full collection walks every tracked object that is not frozen, holding the GIL, so the event loop
 and every stream wait for it. Two kinds of objects made those pauses long (bench/RESULTS.md "Fan-out"):
@@ -8,28 +8,55 @@ and every stream wait for it. Two kinds of objects made those pauses long (bench
   of every collection) once the model is loaded and again after its first run, which imports and
   caches more (torch's operator overloads, diffusers' lazy modules).
 - each open stream's objects (about 300: coroutines of the middleware chain, sse-starlette's task
-  group): 1,000 open streams made a full pass take 160 ms. CPython starts one whenever the objects
-  promoted since the last have grown by a quarter, which happened about once a job with 1,000
-  watchers, at a random step. Automatic full collections are therefore off while a job runs, and the
-  worker makes one after each job, once its end has been sent. The young generations are collected
-  as always, and an idle server collects as CPython would, so what churning connections leave in
-  cycles never waits for longer than a job.
+  group): with 1,000 open streams a full pass took 160 ms. CPython starts one whenever the objects
+  promoted since the last have grown by a quarter, which with 1,000 watchers happened about once a
+  job, at a random step. So once a full collection has taken `DEFER_FROM_S` or more, the next job
+  runs with automatic full collections off, and the worker makes one after it, once its end has been
+  sent. Cheap ones are left alone: with few streams open they cost a few milliseconds, and deferring
+  them would let what churning connections leave in cycles pile up for a whole job (bench/churn.py).
+  The young generations are collected as always.
 """
 
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
+# A full collection this long is a hitch every open stream shows (a step at 1024² on an H200 is 145 ms).
+DEFER_FROM_S = 0.020
 # Gen-1 collections before an automatic full one: never reached (about 7,000 allocations make one).
 _NEVER = 2**31 - 1
+
+
+class _FullCollections:
+    """How long the last full collection took (gc.callbacks), and whether one is owed."""
+
+    def __init__(self) -> None:
+        self.began = 0.0
+        self.last_s = 0.0
+        self.owed = False
+
+    def watch(self, phase: str, info: dict[str, Any]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self.began = time.perf_counter()
+        else:
+            self.last_s = time.perf_counter() - self.began
+
+
+_full = _FullCollections()
+gc.callbacks.append(_full.watch)
 
 
 def freeze() -> None:
     """Collect, then leave everything alive now out of later collections (gc.freeze)."""
     gc.collect()
     gc.freeze()
+    gc.collect()  # nearly nothing to walk now: what a full collection costs from here on
 
 
 def unfreeze() -> None:
@@ -37,17 +64,23 @@ def unfreeze() -> None:
     gc.unfreeze()
 
 
-def collect_between_jobs() -> None:
-    """The full collection CPython would have made at some point during the job."""
-    gc.collect()
-
-
 @contextmanager
-def young_collections_only() -> Iterator[None]:
-    """While a job runs, automatic collections stop at the young generations."""
+def deferred_full_collections() -> Iterator[None]:
+    """Around a job: automatic collections stop at the young generations if a full one is slow."""
+    if _full.last_s < DEFER_FROM_S:
+        yield
+        return
     saved = gc.get_threshold()
     gc.set_threshold(saved[0], saved[1], _NEVER)
+    _full.owed = True
     try:
         yield
     finally:
         gc.set_threshold(*saved)
+
+
+def collect_between_jobs() -> None:
+    """The full collection the last job put off, if it put one off (its time is measured too)."""
+    if _full.owed:
+        _full.owed = False
+        gc.collect()

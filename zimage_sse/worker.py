@@ -215,7 +215,7 @@ class Worker:
         """Run one job; raises Cancelled, or JobFailed with a readable reason (errors end here, once)."""
         with job_context(job_id):
             try:
-                with heap.young_collections_only():
+                with heap.deferred_full_collections():
                     return self._run(job_id, params, emit, cancel)
             except Cancelled:
                 raise
