@@ -94,8 +94,9 @@ def start(x_t: torch.Tensor, x_next: torch.Tensor, sigma_t: float, sigma_next: f
     if rgb.device.type != "cuda":
         return Pending(rgb, None)
     host = rgb.to("cpu", non_blocking=True)
-    copied = torch.cuda.Event()  # type: ignore[no-untyped-call]
-    copied.record()
+    # Blocking: the thread that waits for the copy sleeps instead of spinning a core.
+    copied = torch.cuda.Event(blocking=True)  # type: ignore[no-untyped-call]
+    copied.record(torch.cuda.current_stream(rgb.device))
     return Pending(host, copied)
 
 

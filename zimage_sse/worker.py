@@ -7,6 +7,7 @@ the web tier. Events go out through `emit`, a thread-safe callable that the job 
 from __future__ import annotations
 
 import errno
+import functools
 import gc
 import logging
 import os
@@ -72,17 +73,84 @@ class _LoadSamples:
         return sum(self.util) / len(self.util) if self.util else None
 
 
+@dataclass(frozen=True)
+class _Mark:
+    """A point on the device's timeline: a CUDA event on a GPU, a clock reading on the CPU."""
+
+    at: float | None = None
+    event: torch.cuda.Event | None = None
+
+    def reached(self) -> None:
+        """Wait until the device has got here (at once on the CPU, which computes as it goes)."""
+        if self.event is not None:
+            self.event.synchronize()
+
+    def since(self, earlier: _Mark) -> float:
+        """Seconds of device time from `earlier` to here; both must have been reached."""
+        if self.event is not None and earlier.event is not None:
+            return float(earlier.event.elapsed_time(self.event)) / 1000
+        assert self.at is not None and earlier.at is not None
+        return self.at - earlier.at
+
+
+@dataclass(frozen=True)
+class _Clock:
+    """Marks the device's timeline without waiting for it.
+
+    diffusers' Z-Image loop never waits for the GPU, and neither does this: a mark is a CUDA event
+    recorded on the device's stream, read later by the reporter. Waiting for the GPU at every step and
+    phase (torch.cuda.synchronize) kept the timings true but left the GPU idle while the next kernels
+    were launched: 5-7 % of a job on an H200 (bench/RESULTS.md "GPU"). A blocking event puts the
+    waiting thread to sleep instead of spinning a core.
+    """
+
+    device: str
+
+    def mark(self) -> _Mark:
+        if not self.device.startswith("cuda"):
+            return _Mark(at=time.perf_counter())
+        event = torch.cuda.Event(enable_timing=True, blocking=True)  # type: ignore[no-untyped-call]
+        event.record(torch.cuda.current_stream(torch.device(self.device)))
+        return _Mark(event=event)
+
+
+class _Reporter:
+    """Reports what the device has done, in order, from one thread that is not the worker's: each
+    report waits for its mark, so a step's event goes out when the GPU has finished the step, and the
+    worker goes on launching the next one meanwhile."""
+
+    def __init__(self, executor: ThreadPoolExecutor) -> None:
+        self._executor = executor
+        self._sent: list[Future[None]] = []
+
+    def after(self, mark: _Mark | None, action: Callable[[], None]) -> None:
+        def report() -> None:
+            if mark is not None:
+                mark.reached()
+            action()
+
+        self._sent.append(self._executor.submit(report))
+
+    def drain(self) -> BaseException | None:
+        """Wait for every report (none may follow the job's end); the first one's error, if any."""
+        wait(self._sent)
+        errors = [f.exception() for f in self._sent]
+        self._sent.clear()
+        return next((e for e in errors if e is not None), None)
+
+
 @dataclass
 class _Timer:
-    sync: Callable[[], None]
+    clock: _Clock
+    report: _Reporter
     phases: dict[str, float] = field(default_factory=dict)
 
     def run(self, phase: str, emit: Emit, action: Callable[[], Any]) -> Any:
-        emit("phase", {"phase": phase})
-        start = time.perf_counter()
+        start = self.clock.mark()
+        self.report.after(start, lambda: emit("phase", {"phase": phase}))
         result = action()
-        self.sync()
-        self.phases[phase] = time.perf_counter() - start
+        end = self.clock.mark()
+        self.report.after(end, lambda: self.phases.__setitem__(phase, end.since(start)))
         return result
 
 
@@ -112,8 +180,9 @@ class Worker:
         self.revision: str | None = None
         self.load_timings: dict[str, float] = {}
         self.gpu = GpuMonitor(self.device)
-        # Previews are encoded here, off the thread that feeds the GPU (bench/RESULTS.md, "GPU").
-        self._previews = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preview")
+        # Steps, phases and previews are reported from here, in order, once the device has done them;
+        # previews are encoded here too, off the thread that feeds the GPU (bench/RESULTS.md, "GPU").
+        self._reports = ThreadPoolExecutor(max_workers=1, thread_name_prefix="report")
         heap.freeze()
 
     @property
@@ -170,8 +239,8 @@ class Worker:
         return torch.cuda.get_device_name(self.device) if self.device.startswith("cuda") else "cpu"
 
     def _sync(self) -> None:
-        # diffusers' Z-Image loop never waits for the GPU, so without this a timestamp measures kernel
-        # launches, about one step ahead (DESIGN.md "Timing truth", shared/data/h200-step-profile.json).
+        # Only after a load, which is rare and copies the weights asynchronously: jobs are timed with
+        # marks on the device's timeline instead (_Clock), which never make the worker wait.
         if self.device.startswith("cuda"):
             torch.cuda.synchronize(self.device)
 
@@ -228,12 +297,52 @@ class Worker:
             raise JobFailed(reason)
 
     def _run(self, job_id: str, params: JobParams, emit: Emit, cancel: threading.Event) -> Outcome:
-        timer = _Timer(self._sync)
+        report = _Reporter(self._reports)
+        timer = _Timer(_Clock(self.device), report)
         load = _LoadSamples(self.gpu)
         load.take(time.perf_counter())
         self.load_timings = {}
-        pipe = self._pipe if self._pipe is not None else timer.run("loading", emit, lambda: self.load(emit))
         warm_up = not self._warm
+        step_s: list[float] = []
+        try:
+            names = self._generate(job_id, params, emit, cancel, timer, load, step_s)
+        finally:
+            # Every report is out (and every timing read) before the job's end, or its failure.
+            failed = report.drain()
+        if failed is not None:
+            raise failed
+        if warm_up:
+            heap.freeze()  # its first run imported and cached more (zimage_sse/heap.py)
+        self._warm = True
+        return Outcome(
+            images=names,
+            step_s=step_s,
+            phases=timer.phases,
+            warm_up=warm_up,
+            gpu_util_mean=load.util_mean,
+            gpu_mem_peak_mb=load.mem_peak_mb,
+            load_timings=dict(self.load_timings),
+        )
+
+    def _generate(
+        self,
+        job_id: str,
+        params: JobParams,
+        emit: Emit,
+        cancel: threading.Event,
+        timer: _Timer,
+        load: _LoadSamples,
+        step_s: list[float],
+    ) -> list[str]:
+        """Encode, denoise, decode and save; what the device did is reported by `timer.report`."""
+        report = timer.report
+
+        def in_order(kind: str, data: dict[str, Any]) -> None:
+            report.after(None, lambda: emit(kind, data))
+
+        pipe = (
+            self._pipe if self._pipe is not None else timer.run("loading", emit, lambda: self.load(in_order))
+        )
         guided = params.guidance > 0
 
         def check() -> None:
@@ -253,29 +362,29 @@ class Worker:
         )
         check()
 
-        step_s: list[float] = []
-        last = [0.0]
+        marks: list[_Mark] = []  # the start of denoising, then the end of each step
         before: list[Any] = [None]  # latents before the step now running, for the preview's x0
-        previews: list[Future[None]] = []
+
+        def step_done(mark: _Mark, earlier: _Mark, step: int) -> None:
+            step_s.append(mark.since(earlier))
+            emit("step", {"step": step, "total": params.steps, "step_s": step_s[-1]})
 
         def send_preview(pending: preview.Pending, step: int) -> None:
             url, width, height = pending.finish()
             emit("preview", {"step": step, "url": url, "width": width, "height": height})
 
         def on_step(_pipe: Any, index: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            self._sync()
-            now = time.perf_counter()
-            step_s.append(now - last[0])
+            mark = timer.clock.mark()
+            report.after(mark, functools.partial(step_done, mark, marks[-1], index + 1))
             # A preview made now is paid for in the next step's time, so the ETA includes it.
-            last[0] = now
-            emit("step", {"step": index + 1, "total": params.steps, "step_s": step_s[-1]})
+            marks.append(mark)
             after = tensors["latents"]
             if self.preview_every and (index + 1) % self.preview_every == 0:
                 sigmas = pipe.scheduler.sigmas
                 pending = preview.start(before[0], after, float(sigmas[index]), float(sigmas[index + 1]))
-                previews.append(self._previews.submit(send_preview, pending, index + 1))
+                report.after(None, functools.partial(send_preview, pending, index + 1))
             before[0] = after
-            load.take(now)
+            load.take(time.perf_counter())
             check()
             return tensors
 
@@ -292,7 +401,7 @@ class Worker:
                 pipe._execution_device,
                 generator,
             )
-            last[0] = time.perf_counter()
+            marks.append(timer.clock.mark())
             return pipe(
                 prompt_embeds=positive,
                 negative_prompt_embeds=negative if guided else None,
@@ -306,12 +415,7 @@ class Worker:
                 callback_on_step_end=on_step,
             ).images
 
-        try:
-            latents = timer.run("denoising", emit, denoise)
-        finally:
-            wait(previews)  # every preview arrives before the job's next phase or its end
-        for sent in previews:
-            sent.result()
+        latents = timer.run("denoising", emit, denoise)
         check()
         pictures = timer.run("decoding", emit, lambda: self._decode(pipe, latents))
         meta = {
@@ -343,19 +447,8 @@ class Worker:
                 names.append(name)
             return names
 
-        names = timer.run("saving", emit, save)
-        if warm_up:
-            heap.freeze()  # its first run imported and cached more (zimage_sse/heap.py)
-        self._warm = True
-        return Outcome(
-            images=names,
-            step_s=step_s,
-            phases=timer.phases,
-            warm_up=warm_up,
-            gpu_util_mean=load.util_mean,
-            gpu_mem_peak_mb=load.mem_peak_mb,
-            load_timings=dict(self.load_timings),
-        )
+        names: list[str] = timer.run("saving", emit, save)
+        return names
 
     @staticmethod
     def _decode(pipe: Any, latents: Any) -> list[Any]:
