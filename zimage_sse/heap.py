@@ -5,8 +5,8 @@ and every stream wait for it. Two kinds of objects made those pauses long (bench
 
 - torch, diffusers, transformers and a loaded model's modules: about 420,000 objects, 190 ms a pass
   on our 2-core machine. They live as long as the process or the model, so they are frozen (left out
-  of every collection) once the model is loaded and again after its first run, which imports and
-  caches more (torch's operator overloads, diffusers' lazy modules).
+  of every collection) when the worker starts, once the model is loaded, and again after its first
+  run, which imports and caches more (torch's operator overloads, diffusers' lazy modules).
 - each open stream's objects (about 300: coroutines of the middleware chain, sse-starlette's task
   group): with 1,000 open streams a full pass took 160 ms. CPython starts one whenever the objects
   promoted since the last have grown by a quarter, which with 1,000 watchers happened about once a

@@ -212,8 +212,8 @@ class Worker:
         return self.gpu.sample()
 
     def between_jobs(self) -> None:
-        """Run on the worker's thread after each job: the full garbage collection that is kept out of
-        jobs (zimage_sse/heap.py)."""
+        """Run on the worker's thread after each job: the full garbage collection the job put off, if
+        it put one off (zimage_sse/heap.py)."""
         heap.collect_between_jobs()
 
     def thread_started(self) -> None:
