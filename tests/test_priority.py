@@ -6,12 +6,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, Server, follow, submit
+from .conftest import ROOT, follow, start_server, submit
 
 
 def threads(pid: int) -> dict[int, tuple[int, int]]:
@@ -27,22 +26,35 @@ def threads(pid: int) -> dict[int, tuple[int, int]]:
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="niceness per thread is Linux's")
 
 
-@pytest.mark.parametrize("nice", [10, 0])
+@pytest.mark.parametrize(
+    ("server_nice", "setting", "expected"),
+    [(0, 10, 10), (0, 0, 0), (5, 10, 15), (15, 10, 19)],  # relative to the server's, at most 19
+)
 def test_the_model_computes_on_threads_nicer_than_the_event_loop(
-    make_server: Callable[..., Server], nice: int
+    tmp_path: Path, models_dir: Path, server_nice: int, setting: int, expected: int
 ) -> None:
-    server = make_server(cpu_worker_nice=str(nice))
-    with server.client() as client:
-        job = submit(client, width=512, height=512, steps=4)
-        assert follow(client, job["id"])[-1].event == "done"
-    pid = server.process.pid
-    seen = threads(pid)
+    def as_if_started_with_nice() -> None:  # `nice -n N zimage-sse serve`
+        os.nice(server_nice)
 
-    assert seen[pid][0] == 0  # the main thread runs the event loop: every page and stream
-    niced = {tid: ticks for tid, (level, ticks) in seen.items() if level == nice and tid != pid}
-    assert all(level in (0, nice) for level, _ in seen.values()), seen
+    server = start_server(
+        tmp_path / "data",
+        models_dir,
+        env={"ZIMAGE_SSE_CPU_WORKER_NICE": str(setting)},
+        preexec_fn=as_if_started_with_nice,
+    )
+    try:
+        with server.client() as client:
+            job = submit(client, width=512, height=512, steps=4)
+            assert follow(client, job["id"])[-1].event == "done"
+        pid = server.process.pid
+        seen = threads(pid)
+    finally:
+        server.stop()
+
+    assert seen[pid][0] == server_nice  # the main thread runs the event loop: every page and stream
+    assert all(level in (server_nice, expected) for level, _ in seen.values()), seen
     # The job's work (the worker thread, and torch's pool threads it started) ran at that niceness.
-    assert sum(niced.values()) > 0, seen
+    assert sum(ticks for tid, (level, ticks) in seen.items() if level == expected and tid != pid) > 0
 
 
 def test_a_niceness_that_would_raise_priority_is_refused_at_start(tmp_path: Path) -> None:

@@ -60,8 +60,9 @@ class Settings:
     # A live preview every N denoising steps (0: none). Turbo runs 8 steps, so every step by default.
     preview_every: int = 1
     # On a CPU device the model's threads share the cores with the web server: they run this much nicer
-    # (Linux thread niceness, 0-19), so streams are served first and generation takes every cycle left
-    # over. 0: the same priority. GPUs are fed at the server's own priority.
+    # than the server (Linux thread niceness, added to the server's own, at most 19), so streams are
+    # served first and generation takes every cycle left over. 0: the same priority. GPUs are fed at the
+    # server's own priority.
     cpu_worker_nice: int = 10
     # Load the model when the server starts instead of with the first job.
     preload: bool = False

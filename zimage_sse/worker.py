@@ -24,6 +24,7 @@ import diffusers
 import torch
 
 from . import __version__, heap, images, pipeline, preview, repro
+from .config import MAX_NICE
 from .events import Cancelled, JobFailed
 from .gpu import GpuMonitor, GpuSample
 from .logs import job_context
@@ -226,8 +227,17 @@ class Worker:
         "Fan-out"). Idle cores still all go to the model, so a server with no one to serve generates as
         fast as before. Linux sets niceness per thread; elsewhere this does nothing.
         """
-        if self.device == "cpu" and self.cpu_nice and sys.platform == "linux":
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.cpu_nice)
+        if self.device != "cpu" or not self.cpu_nice or sys.platform != "linux":
+            return
+        thread = threading.get_native_id()
+        # Relative to the server's own niceness (it may run under `nice` already), and never an
+        # error: a worker that cannot be niced still works, where a failed initializer would break
+        # the job manager's executor for good.
+        nicer = min(MAX_NICE, os.getpriority(os.PRIO_PROCESS, thread) + self.cpu_nice)
+        try:
+            os.setpriority(os.PRIO_PROCESS, thread, nicer)
+        except OSError as exc:
+            logger.warning("could not lower the priority of the model's threads: %s", exc)
 
     @property
     def dtype_name(self) -> str:
