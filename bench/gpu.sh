@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU benchmarks in one run (issue 7), on a random-weight checkpoint the size of Z-Image-Turbo
 # (bench/full_size.py) at 1024²: service vs bare pipe() overhead, back-to-back idle time, preview
-# overhead, and the per-step profile the service records (with a synchronize after each step).
+# overhead, the per-step profile the service records (timed with CUDA events, worker.py `_Clock`), and
+# the fan-out to 1, 100 and 1,000 SSE clients (last: the longest, and the least needed).
 #
 #   bench/gpu.sh OUT_DIR [PYTHON]     (PYTHON defaults to .venv/bin/python; needs one CUDA GPU, ~45 GB)
 #
@@ -46,4 +47,7 @@ for size in 768x768 1024x1024 1536x1024 1024x1024 768x768 1536x1024 1024x1024; d
 done
 kill -TERM $server; wait $server
 "$py" -m zimage_sse report --data-dir "$data" | tee "$out/report.txt"
+
+step "fan-out: 1, 100 and 1,000 SSE clients on a 1024² job"
+"$py" -m bench.fanout --device cuda --model "$ckpt" --size 1024 --results "$out/RESULTS-gpu.md"
 step "done"
