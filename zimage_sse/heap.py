@@ -20,6 +20,7 @@ and every stream wait for it. Two kinds of objects made those pauses long (bench
 from __future__ import annotations
 
 import gc
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,11 +33,16 @@ _NEVER = 2**31 - 1
 
 
 class _FullCollections:
-    """How long the last full collection took (gc.callbacks), and whether one is owed."""
+    """How long the last full collection took, whether jobs are deferring them, and whether one is
+    owed. Jobs on several devices may overlap: the first to defer sets the threshold, the last to end
+    puts it back. `watch` runs inside collections (gc.callbacks), so it never takes the lock."""
 
     def __init__(self) -> None:
+        self.lock = threading.Lock()
         self.began = 0.0
         self.last_s = 0.0
+        self.deferring = 0  # jobs running with automatic full collections off
+        self.saved = gc.get_threshold()
         self.owed = False
 
     def watch(self, phase: str, info: dict[str, Any]) -> None:
@@ -44,8 +50,10 @@ class _FullCollections:
             return
         if phase == "start":
             self.began = time.perf_counter()
-        else:
-            self.last_s = time.perf_counter() - self.began
+            return
+        self.last_s = time.perf_counter() - self.began
+        if not self.deferring:
+            self.owed = False  # any full collection once no job defers (after a failure, say) pays it
 
 
 _full = _FullCollections()
@@ -70,17 +78,22 @@ def deferred_full_collections() -> Iterator[None]:
     if _full.last_s < DEFER_FROM_S:
         yield
         return
-    saved = gc.get_threshold()
-    gc.set_threshold(saved[0], saved[1], _NEVER)
-    _full.owed = True
+    with _full.lock:
+        if not _full.deferring:
+            _full.saved = gc.get_threshold()
+            gc.set_threshold(_full.saved[0], _full.saved[1], _NEVER)
+        _full.deferring += 1
+        _full.owed = True
     try:
         yield
     finally:
-        gc.set_threshold(*saved)
+        with _full.lock:
+            _full.deferring -= 1
+            if not _full.deferring:
+                gc.set_threshold(*_full.saved)
 
 
 def collect_between_jobs() -> None:
-    """The full collection the last job put off, if it put one off (its time is measured too)."""
-    if _full.owed:
-        _full.owed = False
-        gc.collect()
+    """The full collection the jobs put off, if it is still owed (its time is measured too)."""
+    if _full.owed and not _full.deferring:
+        gc.collect()  # `watch` marks it paid
