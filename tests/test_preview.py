@@ -36,6 +36,12 @@ def test_x0_is_exact_on_a_straight_flow() -> None:
     x_next = (1 - sigma_next) * x0 + sigma_next * noise
 
     assert torch.allclose(estimate_x0(x_t, x_next, sigma_t, sigma_next), x0, atol=1e-5)
+    # The worker passes the scheduler's own sigmas, 0-d tensors on the latents' device (a float would
+    # make it wait for the GPU at every step): the same preview.
+    sigmas = torch.tensor([sigma_t, sigma_next])
+    assert torch.allclose(estimate_x0(x_t, x_next, sigmas[0], sigmas[1]), x0, atol=1e-5)
+    batch = (x_t.unsqueeze(0), x_next.unsqueeze(0))
+    assert preview(*batch, sigmas[0], sigmas[1]) == preview(*batch, sigma_t, sigma_next)
 
 
 def test_latent_to_rgb_applies_the_flux_factors_and_bias() -> None:

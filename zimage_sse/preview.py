@@ -40,7 +40,12 @@ FLUX_RGB_BIAS = (-0.0329, -0.0718, -0.0851)
 JPEG_QUALITY = 80
 
 
-def estimate_x0(x_t: torch.Tensor, x_next: torch.Tensor, sigma_t: float, sigma_next: float) -> torch.Tensor:
+# A noise level: a number, or a 0-d tensor on the latents' device (the scheduler's own `sigmas[i]`, which
+# on a GPU would cost a wait for the device to turn into a number).
+Sigma = float | torch.Tensor
+
+
+def estimate_x0(x_t: torch.Tensor, x_next: torch.Tensor, sigma_t: Sigma, sigma_next: Sigma) -> torch.Tensor:
     velocity = (x_next - x_t) / (sigma_next - sigma_t)
     return x_next - sigma_next * velocity
 
@@ -86,7 +91,7 @@ class Pending:
         return data_url(self.rgb), int(self.rgb.shape[1]), int(self.rgb.shape[0])
 
 
-def start(x_t: torch.Tensor, x_next: torch.Tensor, sigma_t: float, sigma_next: float) -> Pending:
+def start(x_t: torch.Tensor, x_next: torch.Tensor, sigma_t: Sigma, sigma_next: Sigma) -> Pending:
     """Queue the preview's few small kernels and its copy to the host without waiting for the device,
     so the worker can hand the next step to the GPU at once; the JPEG is made by `Pending.finish`,
     off the worker's thread."""
@@ -101,7 +106,7 @@ def start(x_t: torch.Tensor, x_next: torch.Tensor, sigma_t: float, sigma_next: f
 
 
 def preview(
-    x_t: torch.Tensor, x_next: torch.Tensor, sigma_t: float, sigma_next: float
+    x_t: torch.Tensor, x_next: torch.Tensor, sigma_t: Sigma, sigma_next: Sigma
 ) -> tuple[str, int, int]:
     """The first image of the batch as a data URL, with its width and height in pixels."""
     return start(x_t, x_next, sigma_t, sigma_next).finish()

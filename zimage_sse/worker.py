@@ -390,8 +390,10 @@ class Worker:
             marks.append(mark)
             after = tensors["latents"]
             if self.preview_every and (index + 1) % self.preview_every == 0:
+                # The scheduler keeps its sigmas on the device: they stay tensors here, as `float()`
+                # would make the worker wait for the GPU to finish the step before launching the next.
                 sigmas = pipe.scheduler.sigmas
-                pending = preview.start(before[0], after, float(sigmas[index]), float(sigmas[index + 1]))
+                pending = preview.start(before[0], after, sigmas[index], sigmas[index + 1])
                 report.after(None, functools.partial(send_preview, pending, index + 1))
             before[0] = after
             load.take(time.perf_counter())
