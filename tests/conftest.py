@@ -13,14 +13,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, sync_playwright
 
 from zimage_sse import pipeline
 from zimage_sse.client import SseParser
+
+if TYPE_CHECKING:  # imported where used, so the GPU tests run where Playwright is not installed
+    from playwright.sync_api import Browser
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -205,6 +207,8 @@ def browser() -> Iterator[Browser]:
     """Debian's Chromium through Playwright (playwright install cannot download browsers here)."""
     if shutil.which(CHROMIUM) is None:
         pytest.fail(f"{CHROMIUM} is missing: scripts/setup.sh test installs Debian's chromium")
+    from playwright.sync_api import sync_playwright
+
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
