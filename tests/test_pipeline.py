@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from torch import is_tensor
 
 from zimage_sse import heap, pipeline
 from zimage_sse.events import PHASES, Cancelled, JobFailed
@@ -242,6 +243,37 @@ def test_cancelling_stops_before_decoding_and_writes_nothing(
     _, outcome, events = run(worker, make_params(steps=6))
     assert events.steps() == [1, 2, 3, 4, 5, 6]
     assert files_in(images_dir) == outcome.images
+
+
+def test_a_job_records_no_autograd_graph(worker: Worker) -> None:
+    """Every model call of a job runs as `pipe()` runs them, without autograd: recording each
+    operation costs time on every launch and keeps activations alive for a backward pass that never
+    comes. The text encoder, called by the worker itself, did record, until it ran under no_grad."""
+    pipe = worker.load()
+    calls: list[tuple[str, bool]] = []
+
+    def graph(output: Any) -> bool:
+        """Whether any tensor in a model's output (a tensor, a list of them, a ModelOutput) has one."""
+        if is_tensor(output):
+            return bool(output.requires_grad)
+        values = list(output.values()) if isinstance(output, dict) else output
+        return isinstance(values, list | tuple) and any(graph(value) for value in values)
+
+    def hook(name: str) -> Any:
+        return lambda _module, _inputs, output: calls.append((name, graph(output)))
+
+    handles = [
+        getattr(pipe, name).register_forward_hook(hook(name)) for name in ("text_encoder", "transformer")
+    ]
+    handles.append(pipe.vae.decoder.register_forward_hook(hook("vae")))
+    try:
+        run(worker, make_params(steps=2))
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    assert [name for name, _ in calls] == ["text_encoder", "transformer", "transformer", "vae"]
+    assert [name for name, recorded in calls if recorded] == []
 
 
 def test_a_failed_job_says_why_and_the_worker_carries_on(worker: Worker, images_dir: Path) -> None:

@@ -315,7 +315,11 @@ class Worker:
         warm_up = not self._warm
         step_s: list[float] = []
         try:
-            names = self._generate(job_id, params, emit, cancel, timer, load, step_s)
+            # As `pipe()` itself runs: without autograd, which would record every operation of the
+            # phases run outside it (the text encoder here) and keep their activations for a backward
+            # pass that never comes.
+            with torch.no_grad():
+                names = self._generate(job_id, params, emit, cancel, timer, load, step_s)
         finally:
             # Every report is out (and every timing read) before the job's end, or its failure.
             failed = report.drain()
@@ -465,11 +469,10 @@ class Worker:
     @staticmethod
     def _decode(pipe: Any, latents: Any) -> list[Any]:
         # What ZImagePipeline.__call__ does after its loop; run here so decode is timed as its own phase.
-        with torch.no_grad():
-            latents = latents.to(pipe.vae.dtype)
-            latents = latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
-            decoded = pipe.vae.decode(latents, return_dict=False)[0]
-            return list(pipe.image_processor.postprocess(decoded, output_type="pil"))
+        latents = latents.to(pipe.vae.dtype)
+        latents = latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+        decoded = pipe.vae.decode(latents, return_dict=False)[0]
+        return list(pipe.image_processor.postprocess(decoded, output_type="pil"))
 
 
 def describe_error(exc: BaseException) -> str:
