@@ -18,6 +18,7 @@ import pytest
 from zimage_sse.eta import (
     CONFIDENCE,
     DECODE_PER_STEP,
+    HISTORY_PER_SIZE,
     PRIOR_TOLERANCE,
     Curve,
     EtaModel,
@@ -238,6 +239,19 @@ def test_seen_size_gets_the_median_step_and_phases() -> None:
     assert prediction.save_s == pytest.approx(0.020)
     assert prediction.warmup_s == 0.0
     assert total(prediction) == pytest.approx(0.031 + 9 * prediction.step_s + 0.087 + 0.020)
+
+
+def test_a_device_that_got_faster_is_learned_from_its_newest_jobs() -> None:
+    """After 10,000 jobs at 0.20 s a step, a driver update makes steps 0.15 s: the prior follows once
+    half the window has been seen, where a median over all history would wait 10,000 more jobs."""
+    model = EtaModel([job(1024, 1024, step=0.20) for _ in range(10_000)])
+    for _ in range(HISTORY_PER_SIZE // 2 + 1):
+        model.add(job(1024, 1024, step=0.15))
+
+    prediction = model.predict(KEY, 1024, 1024, 1, 9)
+
+    assert prediction is not None and prediction.step_s == pytest.approx(0.15)
+    assert len(model.records(KEY)) == HISTORY_PER_SIZE  # what it learns from stays bounded
 
 
 def test_one_outlier_job_barely_moves_a_seen_size() -> None:
