@@ -7,6 +7,9 @@ read until `done` (worker, events, SQLite, the PNG with its metadata): wall time
 script would. Same seeds, sizes and steps on both sides; each side runs one job first to load and warm
 up (not counted). Rounds alternate the order (service first, then bare first, …) so drift on a shared
 machine hits both alike; the ratio of summed wall times is the overhead.
+A third side says where overhead comes from: the service's `Worker` alone, run in this process on the
+same loaded pipeline (no HTTP, queue, SQLite, SSE or server threads). worker/bare is the worker's own
+cost (timing, previews, the PNG's metadata and fsync); service/worker is everything around it.
 Goals (issue 7): ≤ 1.03 on the demo model on a CPU; ≤ 1.01 on a GPU with the real-size random-weight
 Z-Image at 1024² (`--device cuda --full-size`, which builds that checkpoint first).
 
@@ -19,7 +22,7 @@ import argparse
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,16 +57,45 @@ def service_job(
     return seconds
 
 
-class Bare:
-    """The checkpoint loaded the way the worker loads it, called directly."""
+class InProcess:
+    """The service's worker alone, in this process, with the settings the server inherits (previews)."""
 
-    def __init__(self, location: str, device: str, out: Path) -> None:
+    def __init__(self, model: str, models_dir: Path, device: str, out: Path) -> None:
+        from zimage_sse.config import Settings
+        from zimage_sse.worker import Worker
+
+        self.worker = Worker(
+            model, models_dir, out, device=device, preview_every=Settings.from_env().preview_every
+        )
+
+    def job(self, job: dict[str, Any]) -> float:
+        import secrets
+        import threading
+
+        from zimage_sse.params import JobParams
+
+        params = JobParams(
+            prompt=job["prompt"],
+            negative_prompt="",
+            width=job["width"],
+            height=job["height"],
+            steps=job["steps"],
+            guidance=0.0,
+            seed=job["seed"],
+            num_images=1,
+        )
+        started = time.perf_counter()
+        self.worker.run(secrets.token_hex(8), params, lambda kind, data: None, threading.Event())
+        return time.perf_counter() - started
+
+
+class Bare:
+    """The checkpoint the worker loaded (the same loader as the server's), called directly."""
+
+    def __init__(self, pipe: Any, out: Path) -> None:
         import torch
 
-        from zimage_sse import pipeline
-
-        self.torch, self.device, self.out = torch, device, out
-        self.pipe = pipeline.load_pipeline(location, device, pipeline.resolve_dtype("auto", device))
+        self.torch, self.pipe, self.out = torch, pipe, out
 
     def job(self, job: dict[str, Any]) -> float:
         started = time.perf_counter()
@@ -91,7 +123,7 @@ def workload(sizes: Sequence[int], steps: int, count: int) -> list[dict[str, Any
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.splitlines()[0])
     common.add_common_args(parser, model="demo")
-    parser.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3; quick 1)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 3; quick 1)")
     parser.add_argument(
         "--jobs", type=int, default=None, help="jobs a round on each side (default 4; quick 2)"
     )
@@ -124,31 +156,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"built the full-size random-weight checkpoint in {location}", file=sys.stderr)
         jobs = workload(sizes, args.steps, count)
         warm = {**jobs[0], "seed": 1}
-        times: dict[str, list[float]] = {"service": [], "bare": []}
+        sides = ("service", "worker", "bare")
+        times: dict[str, list[float]] = {side: [] for side in sides}
         phases: dict[str, list[float]] = {}
         with common.serve_for(args) as server, server.client() as http:
             service_job(http, warm)
-            from zimage_sse import pipeline
-
             models_dir = args.models_dir or Path(scratch) / "models"
-            out = Path(scratch) / "bare"
+            out = Path(scratch) / "in-process"
             out.mkdir()
-            bare = Bare(pipeline.model_location(args.model, models_dir), args.device, out)
+            alone = InProcess(args.model, models_dir, args.device, out)
+            bare = Bare(alone.worker.load(), out)  # one copy of the weights for both
+            alone.job(warm)
             bare.job(warm)
+            run_side: dict[str, Callable[[dict[str, Any]], float]] = {
+                "service": lambda job: service_job(http, job, phases),
+                "worker": alone.job,
+                "bare": bare.job,
+            }
             for number in range(rounds):
-                order = ("service", "bare") if number % 2 == 0 else ("bare", "service")
-                for side in order:
+                # Each side goes first, second and last in turn, so drift hits them all alike.
+                for side in sides[number % 3 :] + sides[: number % 3]:
                     for job in jobs:
-                        seconds = service_job(http, job, phases) if side == "service" else bare.job(job)
-                        times[side].append(seconds)
+                        times[side].append(run_side[side](job))
                 print(f"round {number + 1}/{rounds} done", file=sys.stderr, flush=True)
 
-    service, plain = sum(times["service"]), sum(times["bare"])
+    service, alone_s, plain = (sum(times[side]) for side in sides)
     ratio = service / plain
     rows = [
         [side, str(len(values)), f"{common.median(values):.3f}", f"{sum(values):.3f}"]
         for side, values in (
             ("service (HTTP, SSE, SQLite)", times["service"]),
+            ("worker alone (in process)", times["worker"]),
             ("bare pipe()", times["bare"]),
         )
     ]
@@ -158,10 +196,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines = [
         f"{'full-size random-weight Z-Image' if args.full_size else args.model + ' model'} on {args.device},"
         f" sizes {','.join(map(str, sizes))}, {args.steps} steps, {rounds} rounds × {count} jobs a side"
-        " (order alternating)",
+        " (order rotating)",
         *common.table(["side", "jobs", "median s", "total s"], rows),
         f"service, median ms a job: worker phases {breakdown}; outside the worker (HTTP, queue, events,"
         f" SQLite, SSE) {common.median(outside) * 1000:.1f}",
+        f"where it goes: worker/bare {alone_s / plain:.4f} (the worker's own cost), service/worker"
+        f" {service / alone_s:.4f} (HTTP, queue, SQLite, SSE, the server's other threads)",
         f"ratio service/bare: {ratio:.4f}  (goal <= {goal}: {common.verdict(ratio <= goal)})",
     ]
     common.report(run, args, lines)
