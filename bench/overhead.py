@@ -4,9 +4,9 @@ Service: a real `zimage-sse serve` process; for each job an HTTP POST /api/jobs,
 read until `done` (worker, events, SQLite, the PNG with its metadata): wall time from the POST to the
 `done` event. Bare: the same checkpoint loaded in this process with the same loader, then for each job
 `pipe(prompt, size, steps, guidance 0, generator seeded on the CPU)` and `image.save(png)`, as a
-script would. Same seeds, sizes and steps on both sides; each side runs one job first to load and warm
-up (not counted). Rounds alternate the order (service first, then bare first, …) so drift on a shared
-machine hits both alike; the ratio of summed wall times is the overhead.
+script would. Same seeds, sizes and steps on every side; each side runs one job first to load and warm
+up (not counted). Each job then runs on every side back to back, in an order that rotates from job to
+job, so drift on a shared machine hits the sides alike; the ratio of summed wall times is the overhead.
 A third side says where overhead comes from: the service's `Worker` alone, run in this process on the
 same loaded pipeline (no HTTP, queue, SQLite, SSE or server threads). worker/bare is the worker's own
 cost (timing, previews, the PNG's metadata and fsync); service/worker is everything around it.
@@ -174,9 +174,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "bare": bare.job,
             }
             for number in range(rounds):
-                # Each side goes first, second and last in turn, so drift hits them all alike.
-                for side in sides[number % 3 :] + sides[: number % 3]:
-                    for job in jobs:
+                for index, job in enumerate(jobs):
+                    # Each job on every side back to back, the order rotating, so that drift on a
+                    # shared machine (tens of seconds of it) hits the three sides alike.
+                    turn = (number * len(jobs) + index) % len(sides)
+                    for side in sides[turn:] + sides[:turn]:
                         times[side].append(run_side[side](job))
                 print(f"round {number + 1}/{rounds} done", file=sys.stderr, flush=True)
 
@@ -196,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines = [
         f"{'full-size random-weight Z-Image' if args.full_size else args.model + ' model'} on {args.device},"
         f" sizes {','.join(map(str, sizes))}, {args.steps} steps, {rounds} rounds × {count} jobs a side"
-        " (order rotating)",
+        " (interleaved job by job, order rotating)",
         *common.table(["side", "jobs", "median s", "total s"], rows),
         f"service, median ms a job: worker phases {breakdown}; outside the worker (HTTP, queue, events,"
         f" SQLite, SSE) {common.median(outside) * 1000:.1f}",
