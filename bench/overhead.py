@@ -19,8 +19,10 @@ Z-Image at 1024² (`--device cuda --full-size`, which builds that checkpoint fir
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -58,32 +60,20 @@ def service_job(
 
 
 class InProcess:
-    """The service's worker alone, in this process, with the settings the server inherits (previews)."""
+    """The service's worker alone, in this process, with the settings the server inherits: the same
+    previews, and the job's parameters read as the API reads them."""
 
     def __init__(self, model: str, models_dir: Path, device: str, out: Path) -> None:
         from zimage_sse.config import Settings
         from zimage_sse.worker import Worker
 
-        self.worker = Worker(
-            model, models_dir, out, device=device, preview_every=Settings.from_env().preview_every
-        )
+        self.settings = Settings.from_env()
+        self.worker = Worker(model, models_dir, out, device=device, preview_every=self.settings.preview_every)
 
     def job(self, job: dict[str, Any]) -> float:
-        import secrets
-        import threading
+        from zimage_sse.params import validate
 
-        from zimage_sse.params import JobParams
-
-        params = JobParams(
-            prompt=job["prompt"],
-            negative_prompt="",
-            width=job["width"],
-            height=job["height"],
-            steps=job["steps"],
-            guidance=0.0,
-            seed=job["seed"],
-            num_images=1,
-        )
+        params = validate(job, self.settings)
         started = time.perf_counter()
         self.worker.run(secrets.token_hex(8), params, lambda kind, data: None, threading.Event())
         return time.perf_counter() - started
