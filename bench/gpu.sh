@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The GPU tests on the tiny model (tests/test_cuda.py), then the GPU benchmarks in one run (issue 7), on
-# a random-weight checkpoint the size of Z-Image-Turbo (bench/full_size.py) at 1024²: service vs bare
-# pipe() overhead, back-to-back idle time, preview overhead, the per-step profile the service records
-# (timed with CUDA events, worker.py `_Clock`), and the fan-out to 1, 100 and 1,000 SSE clients (last:
-# the longest, and the least needed).
+# The GPU tests on the tiny model (tests/test_cuda.py, tests/test_pipeline.py), then the GPU benchmarks
+# in one run (issue 7), on a random-weight checkpoint the size of Z-Image-Turbo (bench/full_size.py) at
+# 1024²: service vs bare pipe() overhead, back-to-back idle time, preview overhead, the per-step profile
+# the service records (timed with CUDA events, worker.py `_Clock`), and the fan-out to 1, 100 and 1,000
+# SSE clients (last: the longest, and the least needed).
 #
 #   bench/gpu.sh OUT_DIR [PYTHON]     (PYTHON defaults to .venv/bin/python; needs one CUDA GPU, ~45 GB)
 #
@@ -26,7 +26,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$py" -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)"
 
 step "GPU tests: events in order with device timings, no wait for the GPU beyond pipe()'s, out of memory"
-"$py" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py \
+"$py" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_pipeline.py \
   tests/test_reliability.py::test_a_job_out_of_gpu_memory_fails_frees_its_memory_and_the_next_runs
 
 step "build the full-size random-weight checkpoint into $ckpt"

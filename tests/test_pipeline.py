@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from PIL import Image
-from torch import is_tensor
 
 from zimage_sse import heap, pipeline
 from zimage_sse.events import PHASES, Cancelled, JobFailed
@@ -133,7 +133,18 @@ def test_the_saved_model_loads_as_a_z_image_pipeline(models_dir: Path) -> None:
 # -- running jobs ------------------------------------------------------------------------------
 
 
-def test_a_job_reports_every_phase_and_step_and_the_second_skips_loading(worker: Worker) -> None:
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        # On a GPU the same path runs with CUDA events read on the reporting thread (bench/gpu.sh).
+        pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")),
+    ],
+)
+def test_a_job_reports_every_phase_and_step_and_the_second_skips_loading(
+    models_dir: Path, images_dir: Path, device: str
+) -> None:
+    worker = Worker("tiny", models_dir, images_dir, device=device)
     params = make_params(steps=4)
 
     job_id, first, events = run(worker, params)
@@ -254,7 +265,7 @@ def test_a_job_records_no_autograd_graph(worker: Worker) -> None:
 
     def graph(output: Any) -> bool:
         """Whether any tensor in a model's output (a tensor, a list of them, a ModelOutput) has one."""
-        if is_tensor(output):
+        if torch.is_tensor(output):
             return bool(output.requires_grad)
         values = list(output.values()) if isinstance(output, dict) else output
         return isinstance(values, list | tuple) and any(graph(value) for value in values)
