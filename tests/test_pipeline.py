@@ -233,19 +233,23 @@ def test_two_images_give_two_different_files(worker: Worker, images_dir: Path) -
 
 
 @pytest.mark.parametrize(
-    ("cancel_at", "steps_seen"),
-    [(("step", 2), [1, 2]), (("phase", "encoding"), [])],
+    ("cancel_at", "last_step"),
+    [(("step", 2), 2), (("phase", "encoding"), 0)],
     ids=["at-step-2", "while-encoding"],
 )
 def test_cancelling_stops_before_decoding_and_writes_nothing(
-    worker: Worker, images_dir: Path, cancel_at: tuple[str, object], steps_seen: list[int]
+    worker: Worker, images_dir: Path, cancel_at: tuple[str, object], last_step: int
 ) -> None:
     recorder = Recorder(cancel_at=cancel_at)
 
     with pytest.raises(Cancelled):
         run(worker, make_params(steps=6), recorder)
 
-    assert recorder.steps() == steps_seen
+    # Events are reported off the worker's thread, once the device has done the work, so the worker
+    # may have started the next step (or, from encoding, the first) when the cancel is pulled on seeing
+    # the event: it stops at the end of that step at the latest, never later.
+    steps = recorder.steps()
+    assert steps in ([*range(1, last_step + 1)], [*range(1, last_step + 2)])
     assert "decoding" not in recorder.phases()
     assert "saving" not in recorder.phases()
     assert files_in(images_dir) == []
