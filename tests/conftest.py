@@ -103,18 +103,30 @@ def start_server(
         preexec_fn=preexec_fn,  # e.g. a resource limit for the server alone (tests/test_reliability.py)
     )
     server = Server(f"http://127.0.0.1:{port}", data_dir, process, log)
-    deadline = time.monotonic() + 90
+    try:
+        wait_until_serving(server.url, process, server.logs)
+    except RuntimeError:
+        server.stop()
+        raise
+    return server
+
+
+def wait_until_serving(
+    url: str, process: subprocess.Popen[bytes], logs: Callable[[], str], timeout_s: float = 90
+) -> None:
+    """Return once `url`'s /health answers 200; RuntimeError with the logs if `process` exits first
+    or the time runs out."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.logs()}")
+            raise RuntimeError(f"server exited with {process.returncode}:\n{logs()}")
         try:
-            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
-                return server
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
         except httpx.TransportError:
             pass
         time.sleep(0.1)  # polling for the port to open; not a stand-in for synchronisation
-    server.stop()
-    raise RuntimeError(f"server did not start:\n{server.logs()}")
+    raise RuntimeError(f"server did not start within {timeout_s:.0f} s:\n{logs()}")
 
 
 @pytest.fixture(scope="session")
