@@ -626,10 +626,10 @@ class JobManager:
             await self.store.record_model_load(secrets.token_hex(8), time.time(), *key, timings)
             self.eta.add_load(key, sum(timings.values()))
             logger.info(
-                "model %s loaded in %.1f s: %s",
+                "model %s loaded in %.2f s: %s",
                 key[0],
                 sum(timings.values()),
-                ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()),
+                ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()),
             )
 
     async def _unload(self) -> None:
