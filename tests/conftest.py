@@ -20,6 +20,7 @@ import pytest
 
 from zimage_sse import pipeline
 from zimage_sse.client import SseParser
+from zimage_sse.events import TERMINAL
 
 if TYPE_CHECKING:  # imported where used, so the GPU tests run where Playwright is not installed
     from playwright.sync_api import Browser
@@ -200,6 +201,39 @@ def follow(client: httpx.Client, job_id: str, headers: dict[str, str] | None = N
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         return read_sse(response)
+
+
+# A job that keeps the tiny model busy for about 10 s on 2 CPU cores: long enough to queue others behind
+# it, or to cancel it mid-run.
+LONG_JOB: dict[str, Any] = {"width": 1024, "height": 1024, "steps": 100}
+
+
+class BusyWorker:
+    """Keeps the worker on a long job (LONG_JOB), so jobs submitted meanwhile wait in the queue;
+    release() cancels it."""
+
+    def __init__(self, client: httpx.Client) -> None:
+        self._client = client
+        self.job = submit(client, prompt="blocker: keeps the worker busy", **LONG_JOB)
+        self._released = False
+        with client.stream("GET", f"/api/jobs/{self.job['id']}/events") as response:
+            seen = read_sse(response, until=lambda e: e.event == "step" or e.event in TERMINAL)
+        assert seen and seen[-1].event == "step", f"the blocking job did not start: {seen}"
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            response = self._client.post(f"/api/jobs/{self.job['id']}/cancel")
+            assert response.status_code == 202, f"the blocking job ended on its own: {response.text}"
+
+    def __enter__(self) -> BusyWorker:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is None:
+            self.release()
+        elif not self._released:
+            self._client.post(f"/api/jobs/{self.job['id']}/cancel")
 
 
 CHROMIUM = "/usr/bin/chromium"

@@ -18,8 +18,8 @@ from zimage_sse import history
 from zimage_sse.config import Settings
 from zimage_sse.db import Store
 
-from .conftest import Server, follow, start_server, submit
-from .test_pages import BusyWorker, Page, history_row
+from .conftest import BusyWorker, Server, follow, start_server, submit
+from .test_pages import Page, history_row
 
 
 def run_job(client: httpx.Client, **params: Any) -> dict[str, Any]:

@@ -9,10 +9,8 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import Server, follow, read_sse, submit
+from .conftest import LONG_JOB, Server, follow, read_sse, submit
 
-# A job that keeps the tiny model busy long enough to cancel it mid-run (see test_streams.LONG_JOB).
-LONG_JOB: dict[str, Any] = {"width": 1024, "height": 1024, "steps": 100}
 SMALL_STEPS = 6
 # How long a scrape may wait for the recorder task to take in an event that has already been published.
 RECORDER_DEADLINE_S = 10.0

@@ -11,8 +11,8 @@ import httpx
 from zimage_sse.jobs import QueueFull
 from zimage_sse.security import UNKNOWN_WAIT_RETRY_S, TokenBucket, queue_full_answer
 
-from .conftest import Server, read_sse, submit
-from .test_pages import BusyWorker, Page, job_count
+from .conftest import BusyWorker, Server, read_sse, submit
+from .test_pages import Page, job_count
 
 HTML = {"Accept": "text/html"}
 SMALL = {"width": 256, "height": 256, "steps": 3}  # the ETA learns step times from the second on

@@ -10,7 +10,7 @@ import httpx
 
 from zimage_sse.events import TERMINAL
 
-from .conftest import SSE, Server, follow, read_sse, submit
+from .conftest import SSE, BusyWorker, Server, follow, read_sse, submit
 
 FIELDS = ("prompt", "negative_prompt", "width", "height", "steps", "guidance", "seed", "num_images")
 JOB_PAGE = re.compile(r"^/jobs/([0-9a-f]{16})$")
@@ -43,34 +43,6 @@ class Page(HTMLParser):
             for name, found in self.elements
             if name == tag and all(found.get(k) == v for k, v in wanted.items())
         ]
-
-
-class BusyWorker:
-    """Keeps the worker on a long job (1024², 100 steps: about 10 s on the tiny model on 2 CPU cores),
-    so jobs submitted meanwhile wait in the queue; release() cancels it."""
-
-    def __init__(self, client: httpx.Client) -> None:
-        self._client = client
-        self.job = submit(client, prompt="blocker: keeps the worker busy", width=1024, height=1024, steps=100)
-        self._released = False
-        with client.stream("GET", f"/api/jobs/{self.job['id']}/events") as response:
-            seen = read_sse(response, until=lambda e: e.event == "step" or e.event in TERMINAL)
-        assert seen and seen[-1].event == "step", f"the blocking job did not start: {seen}"
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            response = self._client.post(f"/api/jobs/{self.job['id']}/cancel")
-            assert response.status_code == 202, f"the blocking job ended on its own: {response.text}"
-
-    def __enter__(self) -> BusyWorker:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
-        if kind is None:
-            self.release()
-        elif not self._released:
-            self._client.post(f"/api/jobs/{self.job['id']}/cancel")
 
 
 def run_to_end(client: httpx.Client, job_id: str, busy: BusyWorker) -> list[SSE]:

@@ -15,10 +15,10 @@ from playwright.sync_api import Browser
 
 from zimage_sse.security import SESSION_COOKIE, SESSION_MAX_AGE_S, session_cookie
 
-from .conftest import Server, follow, read_sse, submit
+from .conftest import BusyWorker, Server, follow, read_sse, submit
 from .test_browser import RECORD_PANEL
 from .test_client import cli, client_env
-from .test_pages import HOSTILE, BusyWorker, Page, job_count
+from .test_pages import HOSTILE, Page, job_count
 
 TOKEN = "correct horse battery staple"
 EVIL = "http://evil.example"

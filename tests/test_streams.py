@@ -11,7 +11,6 @@ from collections.abc import Callable
 from contextlib import closing
 from itertools import pairwise
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
@@ -19,11 +18,10 @@ from PIL import Image
 
 from zimage_sse.events import PHASES, TERMINAL
 
-from .conftest import SSE, Server, follow, read_sse, start_server, submit
+from .conftest import LONG_JOB, SSE, BusyWorker, Server, follow, read_sse, start_server, submit
 
 # A job that keeps the tiny model busy: 1024² steps took about 0.1 s each on 2 CPU cores (measured), so
 # 100 steps last about 10 s, while a cancel takes effect at the next step.
-LONG_JOB: dict[str, Any] = {"width": 1024, "height": 1024, "steps": 100}
 # Steps of a few tens of milliseconds (512² on the tiny model): slow enough that a reader keeps up with
 # every step event, fast enough to keep the suite quick.
 WATCHED_JOB: dict[str, Any] = {"width": 512, "height": 512, "steps": 8}
@@ -92,35 +90,6 @@ class Listener(threading.Thread):
         if self._error is not None:
             raise self._error
         return self._events
-
-
-class BusyWorker:
-    """Keeps the worker on a long job, so jobs submitted meanwhile wait in the queue until release()."""
-
-    def __init__(self, client: httpx.Client) -> None:
-        self._client = client
-        self.job = submit(client, prompt="blocker: keeps the worker busy", **LONG_JOB)
-        self._released = False
-        with client.stream("GET", f"/api/jobs/{self.job['id']}/events") as response:
-            seen = read_sse(response, until=lambda e: e.event == "step" or e.event in TERMINAL)
-        assert seen and seen[-1].event == "step", f"the blocking job did not start: {seen}"
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            response = self._client.post(f"/api/jobs/{self.job['id']}/cancel")
-            assert response.status_code == 202, f"the blocking job ended on its own: {response.text}"
-
-    def __enter__(self) -> BusyWorker:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        if kind is None:
-            self.release()
-        elif not self._released:
-            self._client.post(f"/api/jobs/{self.job['id']}/cancel")
 
 
 def is_snapshot(event: SSE) -> bool:

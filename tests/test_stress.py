@@ -24,8 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from zimage_sse.client import SseParser
 from zimage_sse.events import TERMINAL
 
-from .conftest import SSE, Server, follow, submit
-from .test_streams import LONG_JOB, BusyWorker, Listener
+from .conftest import LONG_JOB, SSE, BusyWorker, Server, follow, submit
+from .test_streams import Listener
 
 SEED = 20240611
 # Steps of a few tens of milliseconds (test_streams.WATCHED_JOB): a reader keeps up with every step event.
