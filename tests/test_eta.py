@@ -209,6 +209,63 @@ def test_fit_curve_cost_falling_with_size_is_none() -> None:
     assert fit_curve([(1.0, 5.0, 1.0), (2.0, 5.0, 1.0)]) is None  # flat: no cost per token at all
 
 
+FLAT_XS = [1024.0, 2304.0, 4096.0, 9216.0, 16384.0]  # 512² … 2048² in tokens
+
+
+@pytest.mark.parametrize("noise", [0.0, 1e-15, 1e-9])
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("quadratic", [True, False])
+@pytest.mark.parametrize("sizes", [2, 3, 5])
+def test_fit_curve_flat_history_has_no_cost_model_whatever_the_round_off(
+    noise: float, seed: int, quadratic: bool, sizes: int
+) -> None:
+    """A constant cost with noise (or round-off, which another CPU's BLAS gives with another sign)
+    around it: no line or curve rises by anything real, so there is no cost model on any machine."""
+    rng = np.random.default_rng(seed)
+    points = [(x, 5.0 + noise * float(rng.standard_normal()), float(rng.integers(1, 4))) for x in FLAT_XS]
+    assert fit_curve(points[:sizes], quadratic=quadratic) is None
+
+
+@pytest.mark.parametrize("noise", [0.0, 1e-9])
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("sizes", [2, 3, 5])
+def test_fit_curve_keeps_a_tiny_but_real_slope(noise: float, seed: int, sizes: int) -> None:
+    """Half a millisecond more at 2048² than at 512² on a 5 s cost (1e-4 of it): small, but far above
+    the noise, so the line is kept and predicts the rise."""
+    slope = 5e-4 / (FLAT_XS[-1] - FLAT_XS[0])
+    rng = np.random.default_rng(seed)
+    points = [(x, 5.0 + slope * x + noise * float(rng.standard_normal()), 1.0) for x in FLAT_XS]
+    curve = fit_curve(points[:sizes])
+
+    assert curve is not None
+    assert curve.b + 2 * curve.c * FLAT_XS[0] > 0
+    assert curve(FLAT_XS[-1]) - curve(FLAT_XS[0]) == pytest.approx(5e-4, rel=0.02)
+
+
+def test_fit_curve_leaves_a_slope_within_its_noise_out() -> None:
+    """Costs that scatter by ±0.05 s around 1 s with a fitted slope well inside one standard error:
+    not a cost model. The same points with a rise ten times the scatter are one."""
+    xs = [1024.0, 2304.0, 4096.0, 9216.0]
+    scatter = [0.05, -0.05, -0.04, 0.045]
+    flat = [(x, 1.0 + e, 1.0) for x, e in zip(xs, scatter, strict=True)]
+    assert float(np.polyfit(xs, [y for _, y, _ in flat], 1)[0]) > 0  # the least-squares slope is > 0
+    assert fit_curve(flat, quadratic=False) is None
+
+    rising = [(x, 1.0 + e + 0.5 * x / xs[-1], 1.0) for x, e in zip(xs, scatter, strict=True)]
+    assert fit_curve(rising, quadratic=False) is not None
+
+
+def test_flat_history_predicts_a_new_size_from_the_nearest_one() -> None:
+    """EtaModel on a history whose step time does not change with size (to round-off): no cost
+    model, so a new size is the nearest known one scaled by its tokens."""
+    model = EtaModel([job(w, w, step=0.2 + 1e-15 * i) for i, w in enumerate((512, 768, 1024))])
+    assert model.step_curve(KEY) is None
+    prediction = model.predict(KEY, 1280, 1280, 1, 8)
+    assert prediction is not None
+    assert prediction.source == "scaled"
+    assert prediction.step_s == pytest.approx(0.2 * (1280 * 1280) / (1024 * 1024))
+
+
 @pytest.mark.parametrize(
     "points",
     [[], [(4096.0, 0.144, 1.0)], [(4096.0, 0.144, 1.0), (4096.0, 0.150, 3.0)]],

@@ -50,6 +50,11 @@ DECODE_PER_STEP = 0.6
 MIN_LOAD_SAMPLES = 5
 # A prior this far (relative) from two or more observed steps has lost half of its confidence.
 PRIOR_TOLERANCE = 0.10
+# A fitted term must raise the cost across the sizes seen by more than this fraction of the mean cost
+# (far above round-off, about 1e-16, and far below anything a timer can tell apart), and stand this
+# many standard errors clear of zero where the points leave degrees of freedom to estimate them.
+FIT_TOLERANCE = 1e-6
+FIT_SIGNIFICANCE = 2.0
 
 
 def tokens(width: int, height: int, batch: int) -> int:
@@ -149,27 +154,51 @@ class Curve:
 def fit_curve(points: Sequence[tuple[float, float, float]], quadratic: bool = True) -> Curve | None:
     """Fit (x, y, weight) points; quadratic needs 3 distinct x, linear 2. A fit that would predict
     a cost falling with size (negative b or c) is rejected for the simpler one, and a negative
-    intercept (which would predict nothing, or less, for small sizes) for one through the origin."""
+    intercept (which would predict nothing, or less, for small sizes) for one through the origin.
+
+    Each of those is decided with a tolerance from the data, never on the sign of round-off (which
+    differs between CPUs' BLAS kernels): a term counts only if it raises the cost over the sizes seen
+    by more than `FIT_TOLERANCE` of the mean cost and by more than `FIT_SIGNIFICANCE` standard errors.
+    A flat history (a constant, with noise or round-off around it) has no cost model."""
     xs = {x for x, _, _ in points}
+    if len(xs) < 2:
+        return None
+    low, high = min(xs), max(xs)
+    weights = sum(p[2] for p in points)
+    rise = FIT_TOLERANCE * abs(sum(p[1] * p[2] for p in points) / weights) if weights > 0 else 0.0
     for terms in (3, 2) if quadratic else (2,):
         if len(xs) < terms:
             continue
-        curve = _lstsq(points, terms)
-        if curve is not None and curve.a < 0:
-            curve = _lstsq(points, terms, intercept=False)
-        if curve is None:
+        fit = _lstsq(points, terms)
+        if fit is not None and fit.curve.a < -rise:
+            fit = _lstsq(points, terms, intercept=False)
+        if fit is None:
             continue
-        if terms == 3 and curve.c >= 0 and curve.b + 2 * curve.c * min(xs) >= 0:
-            return curve
-        if terms == 2 and curve.b > 0:
+        curve = fit.curve
+        b_tol = max(rise / (high - low), FIT_SIGNIFICANCE * fit.se_b)
+        if terms == 3:
+            c_tol = max(rise / (high * high - low * low), FIT_SIGNIFICANCE * fit.se_c)
+            if curve.c > c_tol and curve.b + 2 * curve.c * low > -b_tol:
+                return curve
+        elif curve.b > b_tol:
             return curve
     return None
 
 
-def _lstsq(points: Sequence[tuple[float, float, float]], terms: int, intercept: bool = True) -> Curve | None:
+@dataclass(frozen=True)
+class _LeastSquares:
+    curve: Curve
+    se_b: float  # standard errors of b and c; 0 where the points leave no degree of freedom
+    se_c: float
+
+
+def _lstsq(
+    points: Sequence[tuple[float, float, float]], terms: int, intercept: bool = True
+) -> _LeastSquares | None:
     x = np.array([p[0] for p in points], dtype=float)
     y = np.array([p[1] for p in points], dtype=float)
-    w = np.sqrt(np.array([p[2] for p in points], dtype=float))
+    weight = np.array([p[2] for p in points], dtype=float)
+    w = np.sqrt(weight)
     scale = float(x.max()) or 1.0  # keeps the normal equations well conditioned
     columns = [np.ones_like(x), x / scale, (x / scale) ** 2][:terms]
     if not intercept:
@@ -178,8 +207,19 @@ def _lstsq(points: Sequence[tuple[float, float, float]], terms: int, intercept: 
     coef, *_ = np.linalg.lstsq(design, y * w, rcond=None)
     if not np.all(np.isfinite(coef)):
         return None
+    # Weights count jobs, so the residual variance has (jobs - fitted terms) degrees of freedom.
+    dof = float(weight.sum()) - (terms if intercept else terms - 1)
+    se = np.zeros(terms)
+    if dof > 0:
+        residual = y * w - design @ coef
+        variance = float(residual @ residual) / dof
+        se = np.sqrt(np.clip(np.diag(np.linalg.pinv(design.T @ design)) * variance, 0.0, None))
     values = [float(coef[0]), float(coef[1]) / scale, float(coef[2]) / scale**2 if terms == 3 else 0.0]
-    return Curve(0.0 if not intercept else values[0], values[1], values[2])
+    return _LeastSquares(
+        Curve(0.0 if not intercept else values[0], values[1], values[2]),
+        se_b=float(se[1]) / scale,
+        se_c=float(se[2]) / scale**2 if terms == 3 else 0.0,
+    )
 
 
 def _median(values: Iterable[float]) -> float | None:
