@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 MODEL ?= demo
 
-.PHONY: setup setup-test run test lint
+.PHONY: setup setup-test run test lint lock
 
 setup:
 	scripts/setup.sh
@@ -16,6 +16,10 @@ setup-test:
 
 run: setup
 	$(VENV)/bin/zimage-sse serve --host $(HOST) --port $(PORT) --model $(MODEL)
+
+# Re-resolve requirements.lock and requirements-test.lock from pyproject.toml (UPGRADE=1: newest releases).
+lock: setup-test
+	UPGRADE=$(UPGRADE) scripts/lock.sh
 
 lint: setup-test
 	$(VENV)/bin/ruff check .

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Sets up everything zimage-sse needs in this checkout: a virtual environment in .venv with torch
-# (a CUDA build where an NVIDIA GPU answers, a CPU build elsewhere), the package and its test tools,
+# Sets up everything zimage-sse needs in this checkout: a virtual environment in .venv with every
+# Python package at the version requirements.lock (or, for `setup.sh test`, requirements-test.lock)
+# pins, torch (a CUDA build where an NVIDIA GPU answers, a CPU build elsewhere), the package itself,
 # and htmx 4 with its SSE extension from the npm registry into node_modules/ (git-ignored, served
-# under /static/vendor). Safe to run again: it only installs what is missing or out of date.
+# under /static/vendor) as package-lock.json pins it. Safe to run again: it only installs what is
+# missing or out of date.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,28 +18,39 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 
+# Every Python package at the exact version and hash in the lock (scripts/lock.sh writes it), first,
+# so that torch finds what it needs already there and the project adds nothing of its own.
+LOCK=requirements.lock
+if [[ "$EXTRAS" == *test* ]]; then LOCK=requirements-test.lock; fi
+echo "setup: installing the Python packages in $LOCK"
+"${PIP[@]}" install -q --require-hashes --no-deps -r "$LOCK"
+
+# torch is the one package the lock leaves out: one version, in the build this machine can use.
+TORCH_VERSION=2.13.0
 if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-        echo "setup: NVIDIA GPU found, installing the CUDA build of torch"
-        "${PIP[@]}" install ${ZIMAGE_SSE_TORCH_SPEC:-"torch>=2.5"}
+        echo "setup: NVIDIA GPU found, installing the CUDA build of torch $TORCH_VERSION"
+        "${PIP[@]}" install ${ZIMAGE_SSE_TORCH_SPEC:-"torch==$TORCH_VERSION"}
     else
         # No GPU: a CPU build. ZIMAGE_SSE_TORCH_INDEX can name a CPU-wheel index; without it pip
-        # takes torch 2.13.0 from wherever it is configured to look (a CPU wheel on our machines).
-        echo "setup: no GPU, installing a CPU build of torch"
+        # takes torch from wherever it is configured to look (a CPU wheel on our machines).
+        echo "setup: no GPU, installing a CPU build of torch $TORCH_VERSION"
         if [ -n "${ZIMAGE_SSE_TORCH_INDEX:-}" ]; then
-            "${PIP[@]}" install --index-url "$ZIMAGE_SSE_TORCH_INDEX" ${ZIMAGE_SSE_TORCH_SPEC:-"torch==2.13.0"}
+            "${PIP[@]}" install --index-url "$ZIMAGE_SSE_TORCH_INDEX" ${ZIMAGE_SSE_TORCH_SPEC:-"torch==$TORCH_VERSION"}
         else
-            "${PIP[@]}" install ${ZIMAGE_SSE_TORCH_SPEC:-"torch==2.13.0"}
+            "${PIP[@]}" install ${ZIMAGE_SSE_TORCH_SPEC:-"torch==$TORCH_VERSION"}
         fi
     fi
 fi
 
 echo "setup: installing zimage-sse${EXTRAS:+ [$EXTRAS]}"
-"${PIP[@]}" install -q -e ".${EXTRAS:+[$EXTRAS]}"
+# No dependencies and no build environment of its own: everything, setuptools too, is in the lock.
+"${PIP[@]}" install -q --no-deps --no-build-isolation -e ".${EXTRAS:+[$EXTRAS]}"
+"${PIP[@]}" check
 
-if [ ! -f node_modules/htmx.org/dist/ext/hx-sse.js ]; then
+if [ ! -f node_modules/htmx.org/dist/ext/hx-sse.js ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
     echo "setup: installing htmx from the npm registry"
-    npm install --no-audit --no-fund --silent
+    npm ci --no-audit --no-fund --silent
 fi
 # The browser tests drive Debian's Chromium with Playwright (Playwright cannot download browsers here).
 if [[ "$EXTRAS" == *test* ]] && [ ! -x /usr/bin/chromium ]; then
