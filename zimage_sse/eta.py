@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from .progress import median as _median
+
 Key = tuple[str, str, str]  # model, device, dtype
 Size = tuple[int, int, int]  # width, height, batch
 
@@ -220,11 +222,6 @@ def _lstsq(
         se_b=float(se[1]) / scale,
         se_c=float(se[2]) / scale**2 if terms == 3 else 0.0,
     )
-
-
-def _median(values: Iterable[float]) -> float | None:
-    items = [v for v in values if v is not None and math.isfinite(v)]
-    return statistics.median(items) if items else None
 
 
 @dataclass

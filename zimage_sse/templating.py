@@ -11,21 +11,10 @@ from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
 from .config import EMBEDDED_MODELS
+from .progress import duration
 from .reports import seconds_text
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
-
-
-def duration(seconds: float | None) -> str:
-    """4.2 s, 38 s, 2 min 05 s; an unknown duration is a dash, never a made-up number."""
-    if seconds is None:
-        return "–"
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    minutes, rest = divmod(round(seconds), 60)
-    return f"{minutes} min {rest:02d} s"
 
 
 def timestamp(seconds: float | None) -> str:
