@@ -16,7 +16,6 @@ import re
 import resource
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from zimage_sse import progress
 from zimage_sse.client import SseParser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,9 +95,16 @@ def free_port() -> int:
 
 @contextmanager
 def serve(
-    data_dir: Path, models_dir: Path, *, model: str, device: str, env: dict[str, str] | None = None
+    data_dir: Path,
+    models_dir: Path,
+    *,
+    model: str,
+    device: str,
+    env: dict[str, str] | None = None,
+    root: Path | None = None,
 ) -> Iterator[ServerProcess]:
-    """Start `zimage-sse serve` on a free port (settings in `env` as ZIMAGE_SSE_* names), stop it after."""
+    """Start `zimage-sse serve` on a free port (settings in `env` as ZIMAGE_SSE_* names), stop it after.
+    `root`: another checkout to serve from (its own code, this environment's packages)."""
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir / "server.log"
@@ -108,7 +115,9 @@ def serve(
     settings = {"submit_rate": "0", **(env or {})}
     environment = {**os.environ, **{f"ZIMAGE_SSE_{k.upper()}": v for k, v in settings.items()}}
     with log.open("wb") as out:
-        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, cwd=root or ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT
+        )
     server = ServerProcess(f"http://127.0.0.1:{port}", process, log)
     try:
         deadline = time.monotonic() + 120
@@ -246,7 +255,9 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 
 
 def median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else float("nan")
+    """zimage_sse.progress.median as a table cell wants it: NaN (printed `nan`) when there is nothing."""
+    found = progress.median(values)
+    return float("nan") if found is None else found
 
 
 def machine(device: str) -> str:

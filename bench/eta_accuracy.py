@@ -1,7 +1,7 @@
 """How accurate is our ETA, next to the ETAs that A1111 and tqdm would have shown for the same jobs?
 
 Runs a fixed, seeded workload on the embedded `demo` model through the real pieces the service wires
-together (zimage_sse/app.py): a `JobManager` over a SQLite `Store`, a CPU `Worker` and a `Broadcaster`.
+together (zimage_sse/app.py): a `JobService` over a SQLite `Store`, a CPU `Worker` and a `Broadcaster`.
 Each job is submitted only after the previous one ended, so every job runs alone and what is measured
 is the run-time estimate, not the queue. For every finished job it reads back from SQLite what the
 manager recorded (`eta_predictions`: our predicted total at 0, 10, 25 and 50 % of the actual run
@@ -48,8 +48,8 @@ from zimage_sse.broadcaster import Broadcaster
 from zimage_sse.config import Settings
 from zimage_sse.db import Store
 from zimage_sse.eta import ACCURACY_POINTS, DECODE_PER_STEP, EtaModel, JobRecord, LiveEstimate, Prediction
-from zimage_sse.jobs import JobManager
 from zimage_sse.params import JobParams
+from zimage_sse.service import JobService
 from zimage_sse.worker import Worker
 
 MODEL = "demo"
@@ -161,7 +161,7 @@ class Job:
         return f"{p.width}×{p.height}" + (f" ×{p.num_images}" if p.num_images != 1 else "")
 
 
-async def wait_until_ended(manager: JobManager, job_id: str) -> None:
+async def wait_until_ended(manager: JobService, job_id: str) -> None:
     """Follow the job's stream, as a client does, until its terminal event."""
     while True:
         async with manager.follow(job_id) as (first, subscription):
@@ -181,7 +181,7 @@ async def run_workload(
     store = await Store.open(work_dir / "bench.sqlite")
     worker = Worker(MODEL, models_dir, work_dir / "images", device="cpu")
     (work_dir / "images").mkdir(parents=True, exist_ok=True)
-    manager = JobManager(store, worker, Broadcaster())
+    manager = JobService(store, worker, Broadcaster())
     await manager.start()
     ids: list[str] = []
     try:
@@ -538,7 +538,7 @@ def report(
     out += table(["estimator", *(_point(p) for p in ACCURACY_POINTS)], rows)
     add("")
     add(
-        "Ours: what the JobManager recorded in `eta_predictions` (the latest estimate made at or before"
+        "Ours: what the JobService recorded in `eta_predictions` (the latest estimate made at or before"
         " each point). Baselines: computed from the job's step and phase timings at the same moments;"
         " they have none before the first step and ignore decoding and saving."
     )

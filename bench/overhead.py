@@ -75,7 +75,7 @@ class InProcess:
 
         params = validate(job, self.settings)
         started = time.perf_counter()
-        self.worker.run(secrets.token_hex(8), params, lambda kind, data: None, threading.Event())
+        self.worker.run(secrets.token_hex(8), params, lambda _message: None, threading.Event())
         return time.perf_counter() - started
 
 

@@ -30,7 +30,7 @@ GOAL = 1.02
 
 def run_job(worker: Worker, params: JobParams, job_id: str) -> float:
     start = time.perf_counter()
-    worker.run(job_id, params, lambda _kind, _data: None, threading.Event())
+    worker.run(job_id, params, lambda _message: None, threading.Event())
     return time.perf_counter() - start
 
 

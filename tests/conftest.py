@@ -73,6 +73,7 @@ def start_server(
     model: str = "tiny",
     env: dict[str, str] | None = None,
     preexec_fn: Callable[[], None] | None = None,
+    device: str = "cpu",
 ) -> Server:
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -95,7 +96,7 @@ def start_server(
             "--models-dir",
             str(models_dir),
             "--device",
-            "cpu",
+            device,
         ],
         cwd=ROOT,
         env=environment,

@@ -21,9 +21,9 @@ from zimage_sse.db import Store
 from zimage_sse.eta import LiveEstimate
 from zimage_sse.events import Event
 from zimage_sse.gpu import GpuSample
-from zimage_sse.jobs import Emit, JobManager, JobState
 from zimage_sse.metrics import MAX_SIZE_LABELS, OTHER_SIZE, Metrics
 from zimage_sse.params import JobParams, validate
+from zimage_sse.service import Emit, JobService, JobState
 
 # Room for the queued events of every job one test submits, so only the overflow test overflows.
 QUEUE_SIZE = 64
@@ -40,6 +40,7 @@ class FakeRunner:
 
     def __init__(self, sample: GpuSample | None) -> None:
         self.sample = sample
+        self.load_timings: dict[str, float] = {}
 
     def gpu_sample(self) -> GpuSample | None:
         return self.sample
@@ -61,17 +62,17 @@ class FakeRunner:
 
 
 @pytest.fixture
-async def manager(tmp_path: Path) -> AsyncIterator[JobManager]:
+async def manager(tmp_path: Path) -> AsyncIterator[JobService]:
     store = await Store.open(tmp_path / "test.db")
     runner = FakeRunner(GpuSample(util=42.0, mem_used_mb=1024.0, mem_total_mb=4096.0))
-    manager = JobManager(store, runner, Broadcaster(QUEUE_SIZE))
+    manager = JobService(store, runner, Broadcaster(QUEUE_SIZE))
     yield manager
     await manager.stop()
     await store.close()
 
 
 @pytest.fixture
-async def metrics(manager: JobManager) -> AsyncIterator[Metrics]:
+async def metrics(manager: JobService) -> AsyncIterator[Metrics]:
     metrics = Metrics(manager)
     await metrics.start()
     yield metrics
@@ -95,7 +96,7 @@ async def settle(condition: Callable[[], bool]) -> None:
     raise AssertionError("the recorder did not take the event in")
 
 
-async def ended(manager: JobManager, width: int, height: int, **state: Any) -> JobState:
+async def ended(manager: JobService, width: int, height: int, **state: Any) -> JobState:
     """A job as the manager leaves it when it ends, without running it."""
     job = await manager.submit(validate({"prompt": "p", "width": width, "height": height}, Settings()))
     for name, value in state.items():
@@ -104,7 +105,7 @@ async def ended(manager: JobManager, width: int, height: int, **state: Any) -> J
 
 
 async def test_a_done_job_records_its_run_steps_phases_and_eta_error(
-    manager: JobManager, metrics: Metrics
+    manager: JobService, metrics: Metrics
 ) -> None:
     job = await ended(
         manager,
@@ -133,7 +134,7 @@ async def test_a_done_job_records_its_run_steps_phases_and_eta_error(
 
 
 async def test_a_cancelled_job_counts_its_steps_but_no_run_time(
-    manager: JobManager, metrics: Metrics
+    manager: JobService, metrics: Metrics
 ) -> None:
     job = await ended(manager, 256, 256, status="cancelled", started_at=1.0, finished_at=2.0, step_s=[0.1])
     manager.broadcaster.publish(Event("cancelled", {"status": "cancelled"}, job_id=job.id))
@@ -144,7 +145,7 @@ async def test_a_cancelled_job_counts_its_steps_but_no_run_time(
     assert sample(metrics, "zimage_eta_abs_error_seconds_count") == 0
 
 
-async def test_sizes_past_the_label_limit_share_one_series(manager: JobManager, metrics: Metrics) -> None:
+async def test_sizes_past_the_label_limit_share_one_series(manager: JobService, metrics: Metrics) -> None:
     for index in range(MAX_SIZE_LABELS + 2):
         job = await ended(manager, 64 + 16 * index, 64, status="failed", step_s=[0.1])
         manager.broadcaster.publish(Event("failed", {"status": "failed"}, job_id=job.id))
@@ -156,7 +157,7 @@ async def test_sizes_past_the_label_limit_share_one_series(manager: JobManager, 
     assert sample(metrics, step_count, size=f"{64 + 16 * MAX_SIZE_LABELS}x64") is None
 
 
-async def test_the_recorder_resubscribes_after_an_overflow(manager: JobManager, metrics: Metrics) -> None:
+async def test_the_recorder_resubscribes_after_an_overflow(manager: JobService, metrics: Metrics) -> None:
     # More events than the subscriber queue holds, in one loop turn: the recorder cannot keep up.
     for _ in range(QUEUE_SIZE + 1):
         manager.broadcaster.publish(Event("queue", {"running": None, "queued": []}))
@@ -168,7 +169,7 @@ async def test_the_recorder_resubscribes_after_an_overflow(manager: JobManager, 
     assert manager.broadcaster.subscriber_count == 1  # the new subscription only
 
 
-async def test_gauges_are_read_at_scrape(manager: JobManager, metrics: Metrics) -> None:
+async def test_gauges_are_read_at_scrape(manager: JobService, metrics: Metrics) -> None:
     await manager.submit(validate({"prompt": "waiting"}, Settings()))
     client = manager.broadcaster.open("*")
 
@@ -176,20 +177,22 @@ async def test_gauges_are_read_at_scrape(manager: JobManager, metrics: Metrics) 
     assert sample(metrics, "zimage_jobs_active", status="queued") == 1
     assert sample(metrics, "zimage_jobs_active", status="running") == 0
     assert sample(metrics, "zimage_sse_subscribers") == 1  # the client; the recorder is not counted
-    assert sample(metrics, "zimage_model_loaded") == 1
+    assert sample(metrics, "zimage_model_loaded", device="cuda:0") == 1
+    assert sample(metrics, "zimage_device_busy", device="cuda:0") == 0
     assert sample(metrics, "zimage_gpu_utilization_ratio", device="cuda:0") == pytest.approx(0.42)
     assert sample(metrics, "zimage_gpu_memory_used_bytes", device="cuda:0") == 1024 * 2**20
     assert sample(metrics, "zimage_gpu_memory_total_bytes", device="cuda:0") == 4096 * 2**20
 
     manager.broadcaster.release("*", client)
     assert sample(metrics, "zimage_sse_subscribers") == 0
-    assert isinstance(manager.runner, FakeRunner)
-    manager.runner.sample = None  # a CPU: no GPU series at all
+    runner = manager.dispatchers[0].runner
+    assert isinstance(runner, FakeRunner)
+    runner.sample = None  # a CPU: no GPU series at all
     assert sample(metrics, "zimage_gpu_utilization_ratio", device="cuda:0") is None
     assert b"zimage_gpu_" not in metrics.render()
 
 
-async def test_the_recorder_stops_when_the_broadcaster_closes(manager: JobManager, metrics: Metrics) -> None:
+async def test_the_recorder_stops_when_the_broadcaster_closes(manager: JobService, metrics: Metrics) -> None:
     manager.broadcaster.close_all()
     await settle(lambda: not metrics.recorder.subscribed)
     assert manager.broadcaster.subscriber_count == 0

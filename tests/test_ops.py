@@ -98,7 +98,7 @@ def test_metrics_count_jobs_steps_phases_and_eta_error(make_server: Callable[...
         assert value(samples, "zimage_queue_depth") == 0
         # The metrics recorder subscribes to every event but is not a client.
         assert value(samples, "zimage_sse_subscribers") == 0
-        assert value(samples, "zimage_model_loaded") == 0
+        assert value(samples, "zimage_model_loaded", device="cpu") == 0
         # On a CPU there is no GPU sample, and so no GPU series at all.
         assert not {name for name in families if name.startswith("zimage_gpu_")}
 
@@ -144,7 +144,7 @@ def test_metrics_count_jobs_steps_phases_and_eta_error(make_server: Callable[...
         assert value(samples, "zimage_queue_depth") == 0
         assert value(samples, "zimage_jobs_active", status="queued") == 0
         assert value(samples, "zimage_jobs_active", status="running") == 0
-        assert value(samples, "zimage_model_loaded") == 1
+        assert value(samples, "zimage_model_loaded", device="cpu") == 1
 
         # A dashboard's open stream counts as a subscriber while it is open.
         with client.stream("GET", "/api/events") as stream:

@@ -15,8 +15,9 @@ from PIL import Image
 
 from zimage_sse import heap, pipeline
 from zimage_sse.events import PHASES, Cancelled, JobFailed
+from zimage_sse.messages import Message, Outcome
 from zimage_sse.params import JobParams
-from zimage_sse.worker import Outcome, Worker
+from zimage_sse.worker import Worker
 
 
 def new_job_id() -> str:
@@ -47,8 +48,9 @@ class Recorder:
         self.cancel = threading.Event()
         self._cancel_at = cancel_at
 
-    def __call__(self, kind: str, data: dict[str, Any]) -> None:
-        self.events.append((kind, dict(data)))
+    def __call__(self, message: Message) -> None:
+        kind, data = message.kind, message.data()
+        self.events.append((kind, data))
         if self._cancel_at is not None and (kind, data.get(kind)) == self._cancel_at:
             self.cancel.set()
 

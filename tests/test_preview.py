@@ -83,7 +83,12 @@ def test_a_job_sends_previews_every_n_steps(
     worker = Worker("tiny", models_dir, tmp_path / "images", device="cpu", preview_every=every)
     events: list[tuple[str, dict[str, Any]]] = []
     params = JobParams("a red fox", "", 256, 256, 6, 0.0, 7, 1)
-    worker.run("0123456789abcdef", params, lambda kind, data: events.append((kind, data)), threading.Event())
+    worker.run(
+        "0123456789abcdef",
+        params,
+        lambda message: events.append((message.kind, message.data())),
+        threading.Event(),
+    )
 
     previews = [data for kind, data in events if kind == "preview"]
     assert [p["step"] for p in previews] == expected

@@ -344,7 +344,7 @@ def test_a_job_out_of_gpu_memory_fails_frees_its_memory_and_the_next_runs(
         )
 
     def run(job_id: str, job: JobParams) -> Any:
-        return worker.run(job_id, job, lambda kind, data: None, threading.Event())
+        return worker.run(job_id, job, lambda _message: None, threading.Event())
 
     run("0" * 16, params(256, 1))  # loads the model
     resident = torch.cuda.memory_allocated()

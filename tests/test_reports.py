@@ -25,8 +25,8 @@ import pytest
 from zimage_sse import charts
 from zimage_sse.db import Store
 from zimage_sse.eta import Curve, EtaModel
-from zimage_sse.jobs import job_record
 from zimage_sse.reports import SECTIONS, Filters, build, seconds_text
+from zimage_sse.service import job_record
 
 from .conftest import ROOT, Server, follow, read_sse, start_server, submit
 

@@ -372,7 +372,7 @@ def test_global_stream_carries_queue_and_job_events(make_server: Callable[..., S
 
     listener = Listener(server, "/api/events", stop=second_done)
     snapshot = listener.wait_for(is_snapshot)
-    assert snapshot.json() == {"running": None, "queued": []}
+    assert snapshot.json() == {"running": [], "queued": [], "devices": 1}
     with server.client() as client:
         first = submit(client, **{**WATCHED_JOB, "steps": 4})
         listener.wait_for(lambda e: e.event == "done" and e.json()["job_id"] == first["id"])
@@ -398,9 +398,9 @@ def test_global_stream_carries_queue_and_job_events(make_server: Callable[..., S
     # Every event says when the server made it (unix seconds), no later than the client got it.
     assert all(0 < e.json()["at"] <= time.time() for e in events[1:])
     queue = [{k: v for k, v in e.json().items() if k != "at"} for e in events if e.event == "queue"]
-    assert {"running": None, "queued": [first["id"]]} in queue
-    assert {"running": first["id"], "queued": []} in queue
-    assert {"running": second["id"], "queued": []} in queue
+    assert {"running": [], "devices": {}, "queued": [first["id"]]} in queue
+    assert {"running": [first["id"]], "devices": {"cpu": first["id"]}, "queued": []} in queue
+    assert {"running": [second["id"]], "devices": {"cpu": second["id"]}, "queued": []} in queue
 
 
 def test_heartbeat_comments_keep_an_idle_stream_alive(make_server: Callable[..., Server]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,10 +17,10 @@ from .broadcaster import Broadcaster
 from .config import Settings
 from .db import Store
 from .history import Retention
-from .jobs import JobManager
 from .metrics import Metrics
 from .routes import api, auth, history, openapi, ops, pages, reports, streams
 from .security import security_middleware
+from .service import JobService
 from .templating import make_templates
 
 logger = logging.getLogger(__name__)
@@ -29,28 +30,49 @@ STATIC_DIR = ROOT / "static"
 VENDOR_DIR = ROOT / "node_modules" / "htmx.org" / "dist"
 
 
+def cpu_shares(devices: list[str], threads: int = 0) -> dict[str, tuple[int, ...]]:
+    """Several CPU workers split the cores this process may use: each gets its own (`threads` each, or
+    an even share), so two jobs never fight over one core while another idles. One CPU worker gets
+    none: it is not pinned and torch uses every core, as before."""
+    if len(devices) < 2:
+        return {}
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    share = threads or len(cores) // len(devices)
+    if share < 1 or share * len(devices) > len(cores):
+        return {}  # more workers than cores: leave the scheduler to share them
+    return {device: tuple(cores[i * share : (i + 1) * share]) for i, device in enumerate(devices)}
+
+
 def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # The worker is the only module that imports torch; the web tier never touches it.
+        from .pipeline import resolve_devices
         from .worker import Worker
 
         settings.images_dir.mkdir(parents=True, exist_ok=True)
         for name in images.remove_partials(settings.images_dir):
             logger.warning("removed %s, left half-written when the server last stopped", name)
         store = await Store.open(settings.db_path)
-        worker = Worker(
-            settings.model,
-            settings.model_cache,
-            settings.images_dir,
-            settings.device,
-            settings.dtype,
-            preview_every=settings.preview_every,
-            cpu_nice=settings.cpu_worker_nice,
-        )
-        manager = JobManager(
+        devices = resolve_devices(settings.device)
+        cores = cpu_shares([d for d in devices if d.startswith("cpu")], settings.cpu_threads)
+        workers = [
+            Worker(
+                settings.model,
+                settings.model_cache,
+                settings.images_dir,
+                device,
+                settings.dtype,
+                preview_every=settings.preview_every,
+                cpu_nice=settings.cpu_worker_nice,
+                cpu_threads=settings.cpu_threads or len(cores.get(device, ())),
+                cpu_cores=cores.get(device, ()),
+            )
+            for device in devices
+        ]
+        manager = JobService(
             store,
-            worker,
+            workers,
             Broadcaster(settings.subscriber_queue),
             replay_events=settings.replay_events,
             unload_after=settings.unload_after,
@@ -66,10 +88,9 @@ def create_app(settings: Settings) -> Starlette:
         retention = Retention(manager, settings)
         await retention.start()
         logger.info(
-            "serving model %r on %s (%s), data in %s",
+            "serving model %r on %s, data in %s",
             settings.model,
-            worker.device,
-            worker.dtype_name,
+            ", ".join(f"{worker.device} ({worker.dtype_name})" for worker in workers),
             settings.data_dir,
         )
         try:

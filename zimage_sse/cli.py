@@ -1,7 +1,7 @@
 """Command line: `zimage-sse serve` runs the service; `generate` and `watch` are its terminal client.
 
 Every option of `serve` also comes from the environment (ZIMAGE_SSE_HOST, ZIMAGE_SSE_MODEL, …); an
-option given on the command line wins. `generate PROMPT` and `watch JOB_ID` (zimage_sse/client.py)
+option given on the command line wins. `generate PROMPT` and `watch JOB_ID` (zimage_sse/client/)
 import no torch.
 """
 
@@ -31,7 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--model", help="tiny, demo (embedded, random weights), a checkpoint directory, or a hub id"
     )
-    serve.add_argument("--device", help="auto (cuda when available), cuda, cuda:1, cpu")
+    serve.add_argument(
+        "--device",
+        help="auto (every CUDA device, else the CPU) or a list, a worker each: cuda:0,cuda:2 or cpu:0,cpu:1",
+    )
     serve.add_argument("--dtype", help="auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16, float16")
     serve.add_argument("--data-dir", type=Path, help="database, images and built models (default ./data)")
     serve.add_argument(
@@ -161,6 +164,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except ValueError as exc:
         print(f"zimage-sse: {exc}", file=sys.stderr)
+        return 2
+    from .pipeline import DeviceError, resolve_devices
+
+    try:
+        resolve_devices(settings.device)  # refused here, with what there is, not at the first job
+    except DeviceError as exc:
+        print(f"zimage-sse: --device {settings.device}: {exc}", file=sys.stderr)
         return 2
     from .app import create_app
     from .serving import serve

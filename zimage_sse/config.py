@@ -39,7 +39,9 @@ class Settings:
     port: int = 8000
     # "tiny", "demo" (embedded, random weights), a local checkpoint directory, or a hub id.
     model: str = "demo"
-    device: str = "auto"  # auto → cuda when available, else cpu
+    # auto → every CUDA device, else the CPU; or a list, e.g. "cuda:0,cuda:2" or "cpu:0,cpu:1" (a worker
+    # per device, each with its own copy of the model; each job goes where it finishes first).
+    device: str = "auto"
     dtype: str = "auto"  # auto → bfloat16 on cuda, float32 on cpu
     data_dir: Path = Path("data")
     # Where the embedded models are built; default: <data_dir>/models.
@@ -64,6 +66,9 @@ class Settings:
     # served first and generation takes every cycle left over. 0: the same priority. GPUs are fed at the
     # server's own priority.
     cpu_worker_nice: int = 10
+    # torch threads for each CPU worker (0: the cores shared evenly among the CPU workers; torch's own
+    # default with one).
+    cpu_threads: int = 0
     # Load the model when the server starts instead of with the first job.
     preload: bool = False
     # Unload the model after this many seconds without jobs (0: keep it loaded).

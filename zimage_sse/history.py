@@ -29,8 +29,8 @@ from PIL import Image
 from .config import Settings
 from .db import Store
 from .events import PHASES, STATUSES
-from .jobs import JobManager, JobState
 from .params import validate
+from .service import JobService, JobState
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def parse_filter(query: Mapping[str, str], errors: dict[str, str]) -> JobFilter:
     return JobFilter(search=query.get("q") or None, status=status, size=size)
 
 
-async def run_again(manager: JobManager, settings: Settings, job_id: str, *, vary: bool) -> JobState:
+async def run_again(manager: JobService, settings: Settings, job_id: str, *, vary: bool) -> JobState:
     """Queue a job's parameters again: the same seed (the same image on the same model, device and
     dtype), or with `vary` a new seed. Checked against today's limits, which may have changed."""
     source = await manager.get(job_id)
@@ -93,7 +93,7 @@ async def run_again(manager: JobManager, settings: Settings, job_id: str, *, var
     return await manager.submit(validate(values, settings))
 
 
-async def delete_job(manager: JobManager, settings: Settings, job_id: str) -> None:
+async def delete_job(manager: JobService, settings: Settings, job_id: str) -> None:
     """Delete an ended job: its image files, thumbnails, row and timings. Raises JobActive for a live one."""
     state = await manager.get(job_id)
     if not state.terminal:
@@ -145,11 +145,12 @@ def thumbnail(settings: Settings, image: str) -> Path | None:
     return target
 
 
-async def job_details(manager: JobManager, state: JobState) -> dict[str, Any]:
+async def job_details(manager: JobService, state: JobState) -> dict[str, Any]:
     """What the job page shows besides the live panel: dtype, timestamps, the timing breakdown, and
     whether running it again here would repeat its image (same model, device and dtype)."""
     row = await manager.store.get_job(state.id) or {}
-    runner = manager.runner
+    # Where it would run again: the device that ran it, if this server still has it, else the first.
+    runner = (manager.dispatcher(state.device) or manager.dispatchers[0]).runner
     dtype = row.get("dtype")
     elapsed = state.elapsed_s()
     phases = [
@@ -270,7 +271,7 @@ async def prune(
 class Retention:
     """Runs retention at start and then every `retention_every_s`; it survives any failed run."""
 
-    def __init__(self, manager: JobManager, settings: Settings) -> None:
+    def __init__(self, manager: JobService, settings: Settings) -> None:
         self._manager = manager
         self._settings = settings
         self._task: asyncio.Task[None] | None = None

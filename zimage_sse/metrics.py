@@ -25,7 +25,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from .broadcaster import ALL, Subscription
 from .eta import size_label
 from .events import PHASES, TERMINAL, Event
-from .jobs import JobManager, JobNotFound, JobState
+from .service import JobNotFound, JobService, JobState
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ OTHER_SIZE = "other"
 class Metrics:
     """The registry and every metric in it; `record(event)` takes what a terminal event reports."""
 
-    def __init__(self, manager: JobManager) -> None:
+    def __init__(self, manager: JobService) -> None:
         self.manager = manager
         self.registry = CollectorRegistry()
         self.jobs_finished = Counter(
@@ -180,50 +180,53 @@ def _predicted_at_start(state: JobState) -> float | None:
 class LiveCollector:
     """Gauges read at scrape time, from the manager, the broadcaster and the worker's GPU sample."""
 
-    def __init__(self, manager: JobManager, recorder: MetricsRecorder) -> None:
+    def __init__(self, manager: JobService, recorder: MetricsRecorder) -> None:
         self._manager = manager
         self._recorder = recorder
 
     def describe(self) -> Iterable[Metric]:
-        return self._families(None)
+        return self._families([])
 
     def collect(self) -> Iterable[Metric]:
-        return self._families(self._manager.runner.gpu_sample())
+        return self._families([(d.device, d.runner.gpu_sample()) for d in self._manager.dispatchers])
 
-    def _families(self, gpu: Any) -> list[Metric]:
+    def _families(self, gpus: list[tuple[str, Any]]) -> list[Metric]:
         manager = self._manager
         queued = len(manager.queued())
-        running = 1 if manager.running() is not None else 0
+        running = len(manager.running_jobs())
         active = GaugeMetricFamily("zimage_jobs_active", "Jobs queued or running now.", labels=["status"])
         active.add_metric(["queued"], queued)
         active.add_metric(["running"], running)
         # The recorder is a subscriber too; it is not a client.
         clients = manager.broadcaster.subscriber_count - (1 if self._recorder.subscribed else 0)
+        loaded = GaugeMetricFamily(
+            "zimage_model_loaded", "1 when the model is resident on the device.", labels=["device"]
+        )
+        busy = GaugeMetricFamily("zimage_device_busy", "1 while the device runs a job.", labels=["device"])
+        for dispatcher in manager.dispatchers:
+            loaded.add_metric([dispatcher.device], int(dispatcher.runner.loaded))
+            busy.add_metric([dispatcher.device], int(dispatcher.running is not None))
         families: list[Metric] = [
             GaugeMetricFamily(
-                "zimage_queue_depth", "Jobs waiting to run (the running job not counted).", queued
+                "zimage_queue_depth", "Jobs waiting to run (the running jobs not counted).", queued
             ),
             active,
             GaugeMetricFamily("zimage_sse_subscribers", "Open event streams (SSE clients).", clients),
-            GaugeMetricFamily(
-                "zimage_model_loaded",
-                "1 when the model is resident on its device.",
-                int(manager.runner.loaded),
-            ),
+            loaded,
+            busy,
         ]
-        if gpu is not None:
+        util = GaugeMetricFamily(
+            "zimage_gpu_utilization_ratio", "Share of time a kernel ran (NVML).", labels=["device"]
+        )
+        used = GaugeMetricFamily("zimage_gpu_memory_used_bytes", "GPU memory in use.", labels=["device"])
+        total = GaugeMetricFamily("zimage_gpu_memory_total_bytes", "GPU memory in all.", labels=["device"])
+        sampled = [(device, gpu) for device, gpu in gpus if gpu is not None]
+        for device, gpu in sampled:
+            util.add_metric([device], float(gpu.util) / 100.0)
+            used.add_metric([device], float(gpu.mem_used_mb) * 2**20)
+            total.add_metric([device], float(gpu.mem_total_mb) * 2**20)
+        if sampled:
             # Absent on CPU: no series rather than NaN, so "no GPU" is not mistaken for a broken one.
-            device = [manager.runner.device]
-            util = GaugeMetricFamily(
-                "zimage_gpu_utilization_ratio", "Share of time a kernel ran (NVML).", labels=["device"]
-            )
-            util.add_metric(device, float(gpu.util) / 100.0)
-            used = GaugeMetricFamily("zimage_gpu_memory_used_bytes", "GPU memory in use.", labels=["device"])
-            used.add_metric(device, float(gpu.mem_used_mb) * 2**20)
-            total = GaugeMetricFamily(
-                "zimage_gpu_memory_total_bytes", "GPU memory in all.", labels=["device"]
-            )
-            total.add_metric(device, float(gpu.mem_total_mb) * 2**20)
             families += [util, used, total]
         return families
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,10 +66,48 @@ def is_embedded(model: str) -> bool:
     return model in EMBEDDED_MODELS
 
 
+class DeviceError(ValueError):
+    """A device named in --device / ZIMAGE_SSE_DEVICE that this machine does not have."""
+
+
+def available_devices() -> list[str]:
+    return [f"cuda:{index}" for index in range(torch.cuda.device_count())] + ["cpu"]
+
+
+def resolve_devices(spec: str) -> list[str]:
+    """The devices to run a worker on, from `auto` (every CUDA device, else the CPU) or a
+    comma-separated list: cuda, cuda:N, cpu, and cpu:N for several CPU workers sharing the cores (each
+    with its own copy of the model). DeviceError names a device that does not exist, and what does."""
+    names = [part.strip() for part in spec.split(",") if part.strip()] or ["auto"]
+    if names == ["auto"]:
+        return [name for name in available_devices() if name.startswith("cuda")] or ["cpu"]
+    seen: dict[str, str] = {}
+    for name in names:
+        kind, colon, index = name.partition(":")
+        if kind not in ("cuda", "cpu") or (colon and not index.isdigit()):
+            raise DeviceError(
+                f"unknown device {name!r}: use auto, cuda, cuda:N, cpu or cpu:N; "
+                f"this machine has {', '.join(available_devices())}"
+            )
+        if kind == "cuda" and int(index or 0) >= torch.cuda.device_count():
+            raise DeviceError(
+                f"device {name} does not exist: this machine has {', '.join(available_devices())}"
+            )
+        canonical = f"{kind}:{int(index or 0)}"
+        if canonical in seen:
+            raise DeviceError(f"device {name} is listed twice (as {seen[canonical]} too)")
+        seen[canonical] = name
+    return names
+
+
 def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    """One device: `auto` is the first of resolve_devices."""
+    return resolve_devices(device)[0]
+
+
+def torch_device(device: str) -> str:
+    """What torch calls a device of ours: every cpu:N worker computes on the one CPU device."""
+    return "cpu" if device.startswith("cpu") else device
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
@@ -200,6 +239,11 @@ def build_embedded(spec: EmbeddedSpec) -> Any:
 
 # The big parts of a Z-Image checkpoint, loaded one by one so a load can report its progress.
 LOAD_COMPONENTS = ("text_encoder", "transformer", "vae")
+# One load at a time in a process: from_pretrained builds each model on torch's meta device through
+# process-wide patches (accelerate's init_empty_weights), so two workers loading at once on two threads
+# saw each other's meta tensors ("Cannot copy out of meta tensor"). Loads are rare; jobs still run in
+# parallel.
+_LOADING = threading.Lock()
 
 
 def load_pipeline(
@@ -227,11 +271,12 @@ def load_pipeline(
         "vae": lambda: AutoencoderKL.from_pretrained(location, subfolder="vae", torch_dtype=dtype),
     }
     parts: dict[str, Any] = {}
-    for index, name in enumerate(LOAD_COMPONENTS, start=1):
-        if on_component is not None:
-            on_component(name, index, len(LOAD_COMPONENTS))
-        parts[name] = loaders[name]().to(device)
-    pipe = ZImagePipeline.from_pretrained(location, dtype=dtype, **parts)
+    with _LOADING:
+        for index, name in enumerate(LOAD_COMPONENTS, start=1):
+            if on_component is not None:
+                on_component(name, index, len(LOAD_COMPONENTS))
+            parts[name] = loaders[name]().to(device)
+        pipe = ZImagePipeline.from_pretrained(location, dtype=dtype, **parts)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe

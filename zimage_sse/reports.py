@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from .db import Store
+from .db import ReportFilter, Store
 from .eta import ACCURACY_POINTS, EtaModel, Key, accuracy_report, size_label, steady, tokens
-from .jobs import job_record
 from .params import InvalidRequest
+from .service import job_record
 
 BUCKETS = ("day", "hour")
 PHASES = ("encoding", "denoising", "decoding", "saving")
@@ -51,21 +51,15 @@ class Filters:
             found["bucket"] = self.bucket
         return found
 
-    def where(self, time_column: str, alias: str = "") -> tuple[str, list[Any]]:
-        """SQL conditions (joined with AND, "1" when none) and their parameters."""
-        conditions, params = ["1"], list[Any]()
-        for column in ("model", "device"):
-            value = getattr(self, column)
-            if value is not None:
-                conditions.append(f"{alias}{column} = ?")
-                params.append(value)
-        if self.since is not None:
-            conditions.append(f"{alias}{time_column} >= ?")
-            params.append(_midnight(self.since))
-        if self.until is not None:
-            conditions.append(f"{alias}{time_column} < ?")
-            params.append(_midnight(self.until + timedelta(days=1)))
-        return " AND ".join(conditions), params
+    def store_filter(self) -> ReportFilter:
+        """The filters as the store reads them: each date as the Unix time its UTC day starts, and
+        `until` as the start of the day after it, so that the whole day is in."""
+        return ReportFilter(
+            model=self.model,
+            device=self.device,
+            since=None if self.since is None else _midnight(self.since),
+            before=None if self.until is None else _midnight(self.until + timedelta(days=1)),
+        )
 
 
 def parse_filters(values: Mapping[str, str | None]) -> Filters:
@@ -126,43 +120,16 @@ class Table:
 
 Report = dict[str, Table]
 
-_JOBS = (
-    "SELECT j.id, j.status, j.finished_at, j.model, j.device, j.dtype, j.width, j.height, j.num_images,"
-    " j.warm_up, j.gpu_util_start, j.gpu_util_mean, j.gpu_mem_peak_mb FROM jobs j"
-    " WHERE j.status IN ('done', 'failed', 'cancelled') AND j.finished_at IS NOT NULL AND {where}"
-    " ORDER BY j.finished_at"
-)
-_STEPS = (
-    "SELECT s.job_id, s.step, s.seconds FROM step_timings s JOIN jobs j ON j.id = s.job_id"
-    " WHERE j.status = 'done' AND {where} ORDER BY s.job_id, s.step"
-)
-_PHASES = (
-    "SELECT p.job_id, p.phase, p.seconds FROM phase_timings p JOIN jobs j ON j.id = p.job_id"
-    " WHERE j.status = 'done' AND {where}"
-)
-_LOADS = "SELECT load_id, model, device, dtype, component, seconds FROM model_loads WHERE {where}"
-_ETA = (
-    "SELECT e.point, e.predicted_total_s, e.actual_total_s, j.width, j.height, j.num_images, j.finished_at"
-    " FROM eta_predictions e JOIN jobs j ON j.id = e.job_id WHERE {where} ORDER BY j.finished_at, e.point"
-)
-_CHOICES = "SELECT DISTINCT model, device FROM jobs WHERE device IS NOT NULL ORDER BY model, device"
-
 
 async def build(store: Store, filters: Filters) -> Report:
     """Every report over the jobs (and model loads) the filters select."""
-    where, params = filters.where("finished_at", "j.")
-    jobs = await store.query(_JOBS.format(where=where), params)
-    steps: dict[str, list[float]] = {}
-    for row in await store.query(_STEPS.format(where=where), params):
-        steps.setdefault(row["job_id"], []).append(float(row["seconds"]))
-    phases: dict[str, dict[str, float]] = {}
-    for row in await store.query(_PHASES.format(where=where), params):
-        phases.setdefault(row["job_id"], {})[row["phase"]] = float(row["seconds"])
+    scope = filters.store_filter()
+    jobs = await store.report_jobs(scope)
+    steps, phases = await store.report_timings(scope)
     done = [{**job, "step_s": steps.get(job["id"], []), "phases": phases.get(job["id"], {})} for job in jobs]
     done = [job for job in done if job["status"] == "done"]
-    load_where, load_params = filters.where("loaded_at")
-    loads = await store.query(_LOADS.format(where=load_where), load_params)
-    predictions = await store.query(_ETA.format(where=where), params)
+    loads = await store.report_model_loads(scope)
+    predictions = await store.report_eta_predictions(scope)
     tables = (
         step_times(done),
         step_profile(done),
@@ -177,10 +144,10 @@ async def build(store: Store, filters: Filters) -> Report:
 
 async def choices(store: Store) -> dict[str, list[str]]:
     """The models and devices that have run jobs, to offer in the filter form."""
-    rows = await store.query(_CHOICES)
+    pairs = await store.report_model_devices()
     return {
-        "models": sorted({str(r["model"]) for r in rows}),
-        "devices": sorted({str(r["device"]) for r in rows}),
+        "models": sorted({model for model, _ in pairs}),
+        "devices": sorted({device for _, device in pairs}),
     }
 
 

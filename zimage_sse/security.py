@@ -25,8 +25,9 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .config import Settings
-from .jobs import QueueFull
-from .templating import duration, error_page
+from .progress import duration
+from .service import QueueFull
+from .templating import error_page
 
 # Only our own files: no inline script or style (so an injected one cannot run), previews are data: URLs,
 # SSE connects to us, and no other site may frame the pages or receive their forms.

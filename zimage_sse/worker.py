@@ -28,22 +28,10 @@ from .config import MAX_NICE
 from .events import Cancelled, JobFailed
 from .gpu import GpuMonitor, GpuSample
 from .logs import job_context
+from .messages import Emit, LoadProgress, Message, Outcome, PhaseStarted, PreviewReady, StepDone
 from .params import JobParams
 
 logger = logging.getLogger(__name__)
-
-Emit = Callable[[str, dict[str, Any]], None]
-
-
-@dataclass
-class Outcome:
-    images: list[str]
-    step_s: list[float]
-    phases: dict[str, float]
-    warm_up: bool
-    gpu_util_mean: float | None = None
-    gpu_mem_peak_mb: float | None = None
-    load_timings: dict[str, float] = field(default_factory=dict)  # per component, when this job loaded
 
 
 # What a write fails with when there is no room: the disk or a quota is full, or a file-size limit is hit.
@@ -148,7 +136,7 @@ class _Timer:
 
     def run(self, phase: str, emit: Emit, action: Callable[[], Any]) -> Any:
         start = self.clock.mark()
-        self.report.after(start, lambda: emit("phase", {"phase": phase}))
+        self.report.after(start, lambda: emit(PhaseStarted(phase)))
         result = action()
         end = self.clock.mark()
         self.report.after(end, lambda: self.phases.__setitem__(phase, end.since(start)))
@@ -167,9 +155,13 @@ class Worker:
         dtype: str = "auto",
         preview_every: int = 1,
         cpu_nice: int = 0,
+        cpu_threads: int = 0,
+        cpu_cores: tuple[int, ...] = (),
     ) -> None:
         self.model = model
         self.cpu_nice = cpu_nice
+        self.cpu_threads = cpu_threads  # torch threads on a CPU device; 0: torch's default
+        self.cpu_cores = cpu_cores  # the cores a CPU worker keeps to (app.cpu_shares); (): any
         self.preview_every = preview_every
         self.models_dir = models_dir
         self.images_dir = images_dir
@@ -227,7 +219,19 @@ class Worker:
         "Fan-out"). Idle cores still all go to the model, so a server with no one to serve generates as
         fast as before. Linux sets niceness per thread; elsewhere this does nothing.
         """
-        if self.device != "cpu" or not self.cpu_nice or sys.platform != "linux":
+        if not self.device.startswith("cpu"):
+            return
+        if self.cpu_threads:
+            # Several CPU workers share the cores: each computes on its share (torch's setting is the
+            # process's, so every CPU worker sets the same number).
+            torch.set_num_threads(self.cpu_threads)
+        if self.cpu_cores and hasattr(os, "sched_setaffinity"):
+            # Per thread on Linux; torch's pool threads, started from this one, inherit it.
+            try:
+                os.sched_setaffinity(threading.get_native_id(), self.cpu_cores)
+            except OSError as exc:
+                logger.warning("could not keep %s to cores %s: %s", self.device, self.cpu_cores, exc)
+        if not self.cpu_nice or sys.platform != "linux":
             return
         thread = threading.get_native_id()
         # Relative to the server's own niceness (it may run under `nice` already), and never an
@@ -267,11 +271,13 @@ class Worker:
                     timings[current[0]] = now - current[1]
                 current[0], current[1] = name, now
                 if emit is not None:
-                    emit("loading", {"component": name, "index": index, "count": count})
+                    emit(LoadProgress(name, index, count))
 
             location = pipeline.model_location(self.model, self.models_dir)
             try:
-                pipe = pipeline.load_pipeline(location, self.device, self.dtype, on_component)
+                pipe = pipeline.load_pipeline(
+                    location, pipeline.torch_device(self.device), self.dtype, on_component
+                )
             except Exception as exc:
                 # Nothing is kept, so the next job (or a preload) tries again: fixing the checkpoint
                 # recovers without a restart.
@@ -351,8 +357,8 @@ class Worker:
         """Encode, denoise, decode and save; what the device did is reported by `timer.report`."""
         report = timer.report
 
-        def in_order(kind: str, data: dict[str, Any]) -> None:
-            report.after(None, lambda: emit(kind, data))
+        def in_order(message: Message) -> None:
+            report.after(None, lambda: emit(message))
 
         pipe = (
             self._pipe if self._pipe is not None else timer.run("loading", emit, lambda: self.load(in_order))
@@ -381,11 +387,11 @@ class Worker:
 
         def step_done(mark: _Mark, earlier: _Mark, step: int) -> None:
             step_s.append(mark.since(earlier))
-            emit("step", {"step": step, "total": params.steps, "step_s": step_s[-1]})
+            emit(StepDone(step, params.steps, step_s[-1]))
 
         def send_preview(pending: preview.Pending, step: int) -> None:
             url, width, height = pending.finish()
-            emit("preview", {"step": step, "url": url, "width": width, "height": height})
+            emit(PreviewReady(step, url, width, height))
 
         def on_step(_pipe: Any, index: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             mark = timer.clock.mark()

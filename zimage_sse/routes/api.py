@@ -14,16 +14,16 @@ from ..config import Settings
 from ..eta import accuracy_report
 from ..history import parse_filter
 from ..images import JOB_ID
-from ..jobs import JobFinished, JobManager, JobNotFound, QueueFull, ShuttingDown
 from ..params import InvalidRequest, validate
 from ..security import decimal, queue_full_answer
+from ..service import JobFinished, JobNotFound, JobService, QueueFull, ShuttingDown
 from ..templating import error_page
 
 IMAGE_NAME_SUFFIX = ".png"
 
 
-def manager_of(request: Request) -> JobManager:
-    manager: JobManager = request.app.state.manager
+def manager_of(request: Request) -> JobService:
+    manager: JobService = request.app.state.manager
     return manager
 
 
@@ -98,7 +98,7 @@ async def image(request: Request) -> Response:
 async def model_status(request: Request) -> Response:
     """GET /api/status: the model unloaded, loading (which part, about how long), ready or failed."""
     manager = manager_of(request)
-    return JSONResponse({**manager.model_status_snapshot(), "queued": len(manager.queued())})
+    return JSONResponse({**manager.status_snapshot(), "queued": len(manager.queued())})
 
 
 async def eta_accuracy(request: Request) -> Response:

@@ -16,8 +16,8 @@ from starlette.routing import Route
 from .. import history, repro
 from ..events import STATUSES
 from ..images import JOB_ID
-from ..jobs import JobState
 from ..params import InvalidRequest
+from ..service import JobState
 from ..templating import render
 from .api import job_id_of, json_body, manager_of, settings_of, whole_number
 

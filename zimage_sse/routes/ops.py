@@ -10,8 +10,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..jobs import JobManager
 from ..metrics import Metrics
+from ..service import JobService
 
 logger = logging.getLogger(__name__)
 
@@ -23,22 +23,24 @@ async def health(request: Request) -> Response:
 
 async def ready(request: Request) -> Response:
     """GET /ready: 200 once the database answers and the model is resident, 503 saying what is not."""
-    manager: JobManager | None = getattr(request.app.state, "manager", None)
+    manager: JobService | None = getattr(request.app.state, "manager", None)
     if manager is None:
         body: dict[str, Any] = {"ready": False, "model": "not loaded", "database": "not open"}
         return JSONResponse(body, status_code=503)
     database = await _database(manager)
-    model = "loaded" if manager.runner.loaded else "not loaded"
+    # Ready once any device has the model resident: that device can take jobs.
+    model = "loaded" if manager.loaded else "not loaded"
     body = {"ready": database == "open" and model == "loaded", "model": model, "database": database}
-    if not manager.runner.loaded and manager.model_status["state"] == "failed":
+    failure = manager.failure()
+    if not manager.loaded and failure is not None:
         # The next job tries the load again, so fixing the checkpoint recovers without a restart.
-        body["model"] = f"failed: {manager.model_status['error']}"
+        body["model"] = f"failed: {failure}"
     if manager.draining:
         body.update(ready=False, shutting_down=True)
     return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
 
-async def _database(manager: JobManager) -> str:
+async def _database(manager: JobService) -> str:
     try:
         await manager.store.schema_version()  # a real query: the connection is open and answers
     except Exception as exc:

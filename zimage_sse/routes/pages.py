@@ -10,9 +10,9 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from ..history import job_details
-from ..jobs import JobFinished, QueueFull
 from ..params import FIELDS, InvalidRequest, validate
 from ..security import queue_full_answer
+from ..service import JobFinished, QueueFull
 from ..templating import render
 from .api import job_id_of, manager_of, settings_of
 from .history import png_upload

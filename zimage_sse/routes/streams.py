@@ -23,7 +23,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ..broadcaster import Subscription
 from ..events import Event
-from ..jobs import SHUTDOWN
+from ..service import SHUTDOWN
 from .api import job_id_of, manager_of, settings_of
 
 logger = logging.getLogger(__name__)
