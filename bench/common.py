@@ -180,13 +180,13 @@ def submit(client: httpx.Client, params: dict[str, Any]) -> str:
     return job_id
 
 
-def wait_until(condition: Any, what: str, timeout_s: float = 600) -> None:
+def wait_until(condition: Any, what: str, timeout_s: float = 600, every_s: float = 0.05) -> None:
     """Poll `condition()` until it is true (the server's state is only observable by asking)."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(every_s)
 
 
 def subscribers(client: httpx.Client) -> int:

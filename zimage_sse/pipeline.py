@@ -126,10 +126,18 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+# One load at a time in a process: from_pretrained builds each model on torch's meta device through
+# process-wide patches (accelerate's init_empty_weights), so two workers loading at once on two threads
+# saw each other's meta tensors ("Cannot copy out of meta tensor"). Loads are rare; jobs still run in
+# parallel. Building an embedded model seeds torch's one global generator, so builds take it too.
+_LOADING = threading.Lock()
+
+
 def model_location(model: str, models_dir: Path) -> str:
     """Where from_pretrained should look: the built embedded model, or the user's path or hub id."""
     if is_embedded(model):
-        return str(ensure_embedded(model, models_dir))
+        with _LOADING:
+            return str(ensure_embedded(model, models_dir))
     return model
 
 
@@ -239,11 +247,6 @@ def build_embedded(spec: EmbeddedSpec) -> Any:
 
 # The big parts of a Z-Image checkpoint, loaded one by one so a load can report its progress.
 LOAD_COMPONENTS = ("text_encoder", "transformer", "vae")
-# One load at a time in a process: from_pretrained builds each model on torch's meta device through
-# process-wide patches (accelerate's init_empty_weights), so two workers loading at once on two threads
-# saw each other's meta tensors ("Cannot copy out of meta tensor"). Loads are rare; jobs still run in
-# parallel.
-_LOADING = threading.Lock()
 
 
 def load_pipeline(

@@ -2,7 +2,7 @@
 it on the device's own thread, and turns what the worker reports into published events.
 
 Everything here runs on the event loop; the runner runs in this dispatcher's executor thread and
-reaches the loop only through `_Handoff`, which survives a closed loop (STYLE.md, "datasette").
+reaches the loop only through `Handoff`, which survives a closed loop (STYLE.md, "datasette").
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 RECOVER_AFTER_S = 30.0
 
 
-class _Handoff:
+class Handoff:
     """Calls from the worker's thread onto the loop; dropped once the loop has closed."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -147,7 +147,7 @@ class Dispatcher:
         self.service.loading_changed()
 
     async def _load_model(self) -> None:
-        handoff = _Handoff(asyncio.get_running_loop())
+        handoff = Handoff(asyncio.get_running_loop())
         self.set_status(ModelState.LOADING)
 
         def emit(message: Message) -> None:
@@ -196,7 +196,7 @@ class Dispatcher:
             state.id, state.started_at, self.device, self.runner.dtype_name, gpu_util
         )
         service.queue_changed()
-        handoff = _Handoff(loop)
+        handoff = Handoff(loop)
 
         def emit(message: Message) -> None:
             handoff(self._on_worker_event, state, message)
