@@ -36,8 +36,11 @@ class Cancelled(Exception):
 
 
 class JobFailed(Exception):
-    """The worker's report of a failed job, with a reason a person can act on."""
+    """The worker's report of a failed job, with a reason a person can act on. `device_fault`: the
+    device is at fault (the model would not load, it ran out of memory, its thread crashed), not the
+    job (a full disk, say), so it is shown as failed and other devices take the work meanwhile."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, device_fault: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.device_fault = device_fault

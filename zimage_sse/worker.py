@@ -307,10 +307,17 @@ class Worker:
             except Exception as exc:
                 logger.exception("failed")
                 reason = describe_error(exc)
+                # Our own reasons (a full disk) are the job's; a model that is not resident after it
+                # (the load failed), out of memory, or anything unforeseen is the device's.
+                fault = (
+                    self._pipe is None
+                    or isinstance(exc, torch.cuda.OutOfMemoryError)
+                    or not isinstance(exc, JobFailed)
+                )
             # Past the except clause the exception and its traceback, which holds the job's tensors,
             # are gone, so their memory can really be freed.
             self._free_memory()
-            raise JobFailed(reason)
+            raise JobFailed(reason, device_fault=fault)
 
     def _run(self, job_id: str, params: JobParams, emit: Emit, cancel: threading.Event) -> Outcome:
         report = _Reporter(self._reports)

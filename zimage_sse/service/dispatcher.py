@@ -201,10 +201,10 @@ class Dispatcher:
         def emit(message: Message) -> None:
             handoff(self._on_worker_event, state, message)
 
-        status, error, outcome = "done", None, None
-        outcome_: Outcome | None = None
+        status, error, fault = "done", None, False
+        outcome: Outcome | None = None
         try:
-            outcome_ = await loop.run_in_executor(
+            outcome = await loop.run_in_executor(
                 self.executor, self.runner.run, state.id, state.params, emit, state.cancel
             )
         except asyncio.CancelledError:
@@ -218,11 +218,10 @@ class Dispatcher:
                 return
             status, error = "cancelled", "Cancelled while running."
         except JobFailed as exc:
-            status, error = "failed", exc.reason
+            status, error, fault = "failed", exc.reason, exc.device_fault
         except Exception as exc:
             logger.exception("the runner on %s raised", self.device)
-            status, error = "failed", f"{type(exc).__name__}: {exc}"
-        outcome = outcome_
+            status, error, fault = "failed", f"{type(exc).__name__}: {exc}", True
         self.running = None
         service.queue.ack(state.id)
         if outcome is not None:
@@ -233,7 +232,7 @@ class Dispatcher:
                 await self._model_loaded(dict(outcome.load_timings))
             elif self.status.state == ModelState.FAILED:
                 self.set_status(ModelState.READY)  # it ran a job: recovered
-        elif status == "failed":
+        elif fault:
             # A load that failed, out of memory, a crash: the device is shown as failed and gets no
             # work while another can take it, until it recovers (RECOVER_AFTER_S).
             self.set_status(ModelState.FAILED, error=error)
