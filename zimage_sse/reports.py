@@ -21,6 +21,7 @@ from typing import Any
 from .db import ReportFilter, Store
 from .eta import ACCURACY_POINTS, EtaModel, Key, accuracy_report, size_label, steady, tokens
 from .params import InvalidRequest
+from .progress import median
 from .service import job_record
 
 BUCKETS = ("day", "hour")
@@ -160,11 +161,6 @@ def _seconds(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
 
 
-def _median(values: Iterable[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return statistics.median(known) if known else None
-
-
 def _series(job: Mapping[str, Any]) -> Key:
     return (str(job["model"]), str(job["device"]), str(job["dtype"] or ""))
 
@@ -262,7 +258,7 @@ def step_profile(done: Sequence[Mapping[str, Any]]) -> Table:
                     **_row(key, size),
                     "step": index + 1,
                     "jobs": len(values),
-                    "median_s": _seconds(_median(values)),
+                    "median_s": _seconds(median(values)),
                 }
             )
     return Table(
@@ -276,9 +272,7 @@ def phase_breakdown(done: Sequence[Mapping[str, Any]]) -> Table:
         {
             **_row(key, size),
             "jobs": len(group),
-            **{
-                f"{phase}_s": _seconds(_median(job["phases"].get(phase) for job in group)) for phase in PHASES
-            },
+            **{f"{phase}_s": _seconds(median(job["phases"].get(phase) for job in group)) for phase in PHASES},
         }
         for (key, size), group in _groups(done).items()
     ]
@@ -367,8 +361,8 @@ def gpu_use(done: Sequence[Mapping[str, Any]]) -> Table:
                 **_row(key, size),
                 "jobs": len(group),
                 "with_readings": len(read),
-                "util_start_median": _median(job["gpu_util_start"] for job in read),
-                "util_mean_median": _median(job["gpu_util_mean"] for job in read),
+                "util_start_median": median(job["gpu_util_start"] for job in read),
+                "util_mean_median": median(job["gpu_util_mean"] for job in read),
                 "mem_peak_max_mb": max(peaks) if peaks else None,
             }
         )

@@ -14,10 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
-from ..eta import Key, LiveEstimate
+from ..eta import Key, LiveEstimate, Prediction
 from ..events import Cancelled, JobFailed
 from ..logs import job_context
 from ..messages import LoadProgress, Message, Outcome, PhaseStarted, StepDone
+from ..params import JobParams
 from .planner import DeviceView
 from .runner import Runner
 from .state import JobState, seconds
@@ -80,6 +81,21 @@ class Dispatcher:
             loaded=self.runner.loaded or busy,
             warm=self.runner.warm or busy,
             available=available,
+        )
+
+    def predict(
+        self, params: JobParams, *, loaded: bool, warm_up: bool, gpu_util: float | None = None
+    ) -> Prediction | None:
+        """The ETA engine's prediction for a job on this device."""
+        return self.service.eta.predict(
+            self.key,
+            params.width,
+            params.height,
+            params.num_images,
+            params.steps,
+            loaded=loaded,
+            warm_up=warm_up,
+            gpu_util=gpu_util,
         )
 
     def load_left(self, now: float) -> float | None:
@@ -185,8 +201,8 @@ class Dispatcher:
         state.started_at = time.time()
         sample = self.runner.gpu_sample()
         gpu_util = None if sample is None else float(sample.util)
-        prior = service.predict(
-            self.key, state.params, loaded=self.runner.loaded, warm_up=not self.runner.warm, gpu_util=gpu_util
+        prior = self.predict(
+            state.params, loaded=self.runner.loaded, warm_up=not self.runner.warm, gpu_util=gpu_util
         )
         state.live = LiveEstimate(prior, state.params.steps, state.started_at, gpu_util=gpu_util)
         state.predicted_start_at = None

@@ -12,23 +12,24 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from typing import Any
 
-from ..broadcaster import Broadcaster, Subscription
+from ..broadcaster import Broadcaster
 from ..db import Store
-from ..eta import EtaModel, Key, Prediction
+from ..eta import EtaModel, Key
 from ..events import Event
 from ..messages import Outcome
 from ..params import JobParams
 from . import planner
 from .bus import EventBus, MemoryBus
 from .dispatcher import Dispatcher
+from .errors import JobFinished, JobNotFound, QueueFull, ShuttingDown
+from .following import Following
 from .queue import JobQueue, MemoryQueue
 from .recorder import Recorder
 from .runner import Runner
-from .state import JobState, image_url, job_record, parse_id, seconds
+from .state import JobState, image_url, job_record, seconds
 from .status import ModelState, overall
 
 logger = logging.getLogger(__name__)
@@ -39,28 +40,7 @@ MAX_ATTEMPTS = 2
 SHUTDOWN = "shutdown"  # the last event of every stream when the server stops (README "Restarts and shutdown")
 
 
-class JobNotFound(Exception):
-    pass
-
-
-class JobFinished(Exception):
-    """The job has already ended, so it cannot be cancelled."""
-
-
-class ShuttingDown(Exception):
-    """The server is shutting down and takes no new jobs; it keeps the queue for its restart."""
-
-
-class QueueFull(Exception):
-    """The queue holds `limit` jobs already. `next_slot_s`: predicted seconds until one starts (and a
-    place frees up); `drained_s`: until the last queued job has run. None where nothing predicts it."""
-
-    def __init__(self, limit: int, next_slot_s: float | None, drained_s: float | None) -> None:
-        super().__init__(f"the queue is full ({limit} jobs waiting)")
-        self.limit, self.next_slot_s, self.drained_s = limit, next_slot_s, drained_s
-
-
-class JobService:
+class JobService(Following):
     def __init__(
         self,
         store: Store,
@@ -301,78 +281,12 @@ class JobService:
 
     # -- streams ------------------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def follow(
-        self, job_id: str, last_event_id: str | None = None
-    ) -> AsyncIterator[tuple[list[Event], Subscription | None]]:
-        """What a job's stream sends: the events a client missed (or a snapshot), then live events.
-
-        The replay and the subscription are taken with nothing between them. The subscription is
-        None when the job has already ended.
-        """
-        state = await self.get(job_id)
-        after = parse_id(last_event_id)
-        if state.terminal:
-            first = self.bus.replay(job_id, after) if self.bus.knows(job_id) else None
-            yield first if first is not None else [self._snapshot(state)], None
-            return
-        async with self.bus.follow(job_id, after) as (replay, subscription):
-            first = replay if replay is not None else [self._snapshot(state)]
-            if any(event.terminal for event in first):
-                yield first, None
-                return
-            yield first, subscription
-
-    def _snapshot(self, state: JobState) -> Event:
-        seq = self.bus.last_id(state.id) if self.bus.knows(state.id) else 0
-        return Event("snapshot", state.snapshot(), job_id=state.id, seq=seq)
-
-    @asynccontextmanager
-    async def follow_all(
-        self, last_event_id: str | None = None
-    ) -> AsyncIterator[tuple[list[Event], Subscription]]:
-        async with self.bus.follow(None, parse_id(last_event_id)) as (replay, subscription):
-            first = (
-                replay
-                if replay is not None
-                else [Event("snapshot", self.queue_snapshot(), gseq=self.bus.last_id(None))]
-            )
-            yield first, subscription
-
-    def seen_the_end(self, state: JobState, last_event_id: str | None) -> bool:
-        """Whether a client resuming from `last_event_id` already has this ended job's final state.
-
-        A job from before a restart is not numbered in this process: its stream is a snapshot with
-        id 0, so a client that resumes from 0 has it, and one that resumes from an older id (it may
-        have missed the end) gets the snapshot first.
-        """
-        last = parse_id(last_event_id)
-        if not state.terminal or last is None:
-            return False
-        if self.bus.knows(state.id):
-            return last >= self.bus.last_id(state.id)
-        return last == 0
-
     # -- what the dispatchers call ------------------------------------------------------------
 
     def publish(self, state: JobState | None, kind: str, data: dict[str, Any]) -> Event:
         if state is not None and state.device is not None:
             data = {"device": state.device, **data}
         return self.bus.publish(state.id if state else None, kind, data)
-
-    def predict(
-        self, key: Key, params: JobParams, *, loaded: bool, warm_up: bool, gpu_util: float | None = None
-    ) -> Prediction | None:
-        return self.eta.predict(
-            key,
-            params.width,
-            params.height,
-            params.num_images,
-            params.steps,
-            loaded=loaded,
-            warm_up=warm_up,
-            gpu_util=gpu_util,
-        )
 
     def claim(self, dispatcher: Dispatcher) -> JobState | None:
         """The job the plan gives this (free) device first, taken off the queue; None if none."""
@@ -492,26 +406,13 @@ class JobService:
         waiting = self.queue.waiting()
 
         def cost(job_id: str, device: str) -> planner.JobCost | None:
-            dispatcher = by_device[device]
-            prior = self.predict(dispatcher.key, self._jobs[job_id].params, loaded=False, warm_up=True)
-            if prior is None:
-                return None
-            run = prior.encode_s + prior.steps * prior.step_s + prior.decode_s + prior.save_s
-            return planner.JobCost(run_s=run, load_s=prior.load_s, warmup_s=prior.warmup_s)
+            prior = by_device[device].predict(self._jobs[job_id].params, loaded=False, warm_up=True)
+            return None if prior is None else planner.JobCost.of(prior)
 
         placements = planner.plan(waiting, [d.view(now) for d in self.dispatchers], cost)
         for placement in placements:
-            state = self._jobs[placement.job_id]
             # With one device there is nothing to say about where it runs: pages read as before.
-            state.planned_device = placement.device if len(self.dispatchers) > 1 else None
-            state.predicted_total_s = placement.total_s
-            state.predicted_start_at = None if placement.start_s is None else now + placement.start_s
-            finish = (
-                None
-                if placement.start_s is None or placement.total_s is None
-                else placement.start_s + placement.total_s
-            )
-            state.eta_s, state.eta_at = finish, now
+            self._jobs[placement.job_id].place(placement, now, name_device=len(self.dispatchers) > 1)
         return placements
 
 

@@ -17,6 +17,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ..eta import Prediction
+
 
 @dataclass(frozen=True)
 class DeviceView:
@@ -36,6 +38,12 @@ class JobCost:
     run_s: float  # encode, steps, decode and save, once the model is resident and warm
     load_s: float | None = 0.0  # a load, if the model is not resident (None: not known)
     warmup_s: float = 0.0  # the first generation's extra, if the device is cold
+
+    @classmethod
+    def of(cls, prior: Prediction) -> JobCost:
+        """The ETA engine's prediction for a cold device with the model not resident, in parts."""
+        run = prior.encode_s + prior.steps * prior.step_s + prior.decode_s + prior.save_s
+        return cls(run_s=run, load_s=prior.load_s, warmup_s=prior.warmup_s)
 
 
 @dataclass(frozen=True)

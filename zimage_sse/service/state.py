@@ -11,6 +11,7 @@ from ..eta import JobRecord, LiveEstimate
 from ..events import TERMINAL
 from ..params import JobParams
 from ..progress import percent
+from .planner import Placement
 
 
 @dataclass
@@ -93,6 +94,14 @@ class JobState:
         page or feed has drawn (reading a snapshot never moves it; this is the only place)."""
         self.progress_floor = self.percent(now)
         self.eta_s, self.eta_at = remaining, now
+
+    def place(self, placement: Placement, now: float, *, name_device: bool) -> None:
+        """Where and when the plan (planner.py) has this queued job start, and so when it ends."""
+        self.planned_device = placement.device if name_device else None
+        self.predicted_total_s = placement.total_s
+        start, total = placement.start_s, placement.total_s
+        self.predicted_start_at = None if start is None else now + start
+        self.eta_s, self.eta_at = (None if start is None or total is None else start + total), now
 
     def snapshot(self, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now
