@@ -47,7 +47,8 @@ from zimage_sse import pipeline
 from zimage_sse.broadcaster import Broadcaster
 from zimage_sse.config import Settings
 from zimage_sse.db import Store
-from zimage_sse.eta import ACCURACY_POINTS, DECODE_PER_STEP, EtaModel, JobRecord, LiveEstimate, Prediction
+from zimage_sse.estimate import LiveEstimate
+from zimage_sse.eta import ACCURACY_POINTS, DECODE_PER_STEP, EtaModel, JobRecord, Prediction
 from zimage_sse.params import JobParams
 from zimage_sse.service import JobService
 from zimage_sse.worker import Worker

@@ -1,7 +1,7 @@
 """The worker on a CUDA device: what only a GPU can show (skipped elsewhere; `bench/gpu.sh` runs it first).
 
 On a GPU the worker times each step and phase with CUDA events and reports them from another thread
-(worker.py `_Clock`, `_Reporter`), so that it never makes the device wait while it launches the next
+(timing.py `Clock`, `Reporter`), so that it never makes the device wait while it launches the next
 kernels. This checks that the worker adds no synchronising call of its own to what diffusers' `pipe()`
 makes anyway; that the events still go out in order with true timings is the job-sequence test of
 tests/test_pipeline.py, which runs on every device there is.

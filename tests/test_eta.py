@@ -15,20 +15,17 @@ from typing import Any
 import numpy as np
 import pytest
 
+from zimage_sse.curves import Curve, fit_curve
+from zimage_sse.estimate import LiveEstimate, accuracy_points, accuracy_report
 from zimage_sse.eta import (
     CONFIDENCE,
     DECODE_PER_STEP,
     HISTORY_PER_SIZE,
     PRIOR_TOLERANCE,
-    Curve,
     EtaModel,
     JobRecord,
     Key,
-    LiveEstimate,
     Prediction,
-    accuracy_points,
-    accuracy_report,
-    fit_curve,
     tokens,
 )
 

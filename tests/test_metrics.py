@@ -18,7 +18,7 @@ import pytest
 from zimage_sse.broadcaster import Broadcaster
 from zimage_sse.config import Settings
 from zimage_sse.db import Store
-from zimage_sse.eta import LiveEstimate
+from zimage_sse.estimate import LiveEstimate
 from zimage_sse.events import Event
 from zimage_sse.gpu import GpuSample
 from zimage_sse.metrics import MAX_SIZE_LABELS, OTHER_SIZE, Metrics

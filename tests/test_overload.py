@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 import httpx
 
-from zimage_sse.security import UNKNOWN_WAIT_RETRY_S, TokenBucket, queue_full_answer
+from zimage_sse.answers import UNKNOWN_WAIT_RETRY_S, queue_full_answer
+from zimage_sse.security import TokenBucket
 from zimage_sse.service import QueueFull
 
 from .conftest import BusyWorker, Server, read_sse, submit

@@ -159,7 +159,7 @@ def test_a_job_reports_every_phase_and_step_and_the_second_skips_loading(
     assert first.warm_up is True
     assert list(first.load_timings) == ["text_encoder", "transformer", "vae"]
     assert sum(first.load_timings.values()) <= first.phases["loading"]
-    # Reported in order from one thread once the device has done each thing (worker.py `_Reporter`):
+    # Reported in order from one thread once the device has done each thing (timing.py `Reporter`):
     # a preview after every step by default, each right after its step.
     assert events.sequence() == [
         ("phase", "loading"),

@@ -23,8 +23,9 @@ from typing import Any
 import pytest
 
 from zimage_sse import charts
+from zimage_sse.curves import Curve
 from zimage_sse.db import Store
-from zimage_sse.eta import Curve, EtaModel
+from zimage_sse.eta import EtaModel
 from zimage_sse.reports import SECTIONS, Filters, build, seconds_text
 from zimage_sse.service import job_record
 

@@ -2,7 +2,7 @@
 the GPU, for the /reports page, the /api/reports JSON and CSV, and `zimage-sse report`.
 
 Every report is a flat table (columns and rows) so that the JSON, the CSV and the terminal show the same
-numbers. Timings are written when a job ends (db.py), so only ended jobs count, and only done ones for
+numbers. Timings are written when a job ends (zimage_sse/db), so only ended jobs count, and only done ones for
 timings (a cancelled job's steps stop early). Dates and periods are UTC. Step-time spreads leave each
 job's first step out, as the ETA engine does (it carries set-up costs, DESIGN.md "Timing truth"); the
 per-step profile keeps it, since showing it is the point.
@@ -19,7 +19,8 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from .db import ReportFilter, Store
-from .eta import ACCURACY_POINTS, EtaModel, Key, accuracy_report, size_label, steady, tokens
+from .estimate import accuracy_report
+from .eta import ACCURACY_POINTS, EtaModel, Key, size_label, steady, tokens
 from .params import InvalidRequest
 from .progress import median
 from .service import job_record

@@ -14,9 +14,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,119 +26,15 @@ from .config import MAX_NICE
 from .events import Cancelled, JobFailed
 from .gpu import GpuMonitor, GpuSample
 from .logs import job_context
-from .messages import Emit, LoadProgress, Message, Outcome, PhaseStarted, PreviewReady, StepDone
+from .messages import Emit, LoadProgress, Message, Outcome, PreviewReady, StepDone
 from .params import JobParams
+from .timing import Clock, LoadSamples, Mark, Reporter, Timer
 
 logger = logging.getLogger(__name__)
 
 
 # What a write fails with when there is no room: the disk or a quota is full, or a file-size limit is hit.
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-
-# Sample GPU load at most this often during a job: NVML reads cost microseconds, but need not be per step.
-GPU_SAMPLE_EVERY_S = 0.5
-
-
-@dataclass
-class _LoadSamples:
-    monitor: GpuMonitor
-    util: list[float] = field(default_factory=list)
-    mem_peak_mb: float | None = None
-    last: float = float("-inf")
-
-    def take(self, now: float) -> None:
-        if now - self.last < GPU_SAMPLE_EVERY_S:
-            return
-        self.last = now
-        sample = self.monitor.sample()
-        if sample is not None:
-            self.util.append(sample.util)
-            self.mem_peak_mb = max(self.mem_peak_mb or 0.0, sample.mem_used_mb)
-
-    @property
-    def util_mean(self) -> float | None:
-        return sum(self.util) / len(self.util) if self.util else None
-
-
-@dataclass(frozen=True)
-class _Mark:
-    """A point on the device's timeline: a CUDA event on a GPU, a clock reading on the CPU."""
-
-    at: float | None = None
-    event: torch.cuda.Event | None = None
-
-    def reached(self) -> None:
-        """Wait until the device has got here (at once on the CPU, which computes as it goes)."""
-        if self.event is not None:
-            self.event.synchronize()
-
-    def since(self, earlier: _Mark) -> float:
-        """Seconds of device time from `earlier` to here; both must have been reached."""
-        if self.event is not None and earlier.event is not None:
-            return float(earlier.event.elapsed_time(self.event)) / 1000
-        assert self.at is not None and earlier.at is not None
-        return self.at - earlier.at
-
-
-@dataclass(frozen=True)
-class _Clock:
-    """Marks the device's timeline without waiting for it.
-
-    diffusers' Z-Image loop never waits for the GPU, and neither does this: a mark is a CUDA event
-    recorded on the device's stream, read later by the reporter. Waiting for the GPU at every step and
-    phase (torch.cuda.synchronize) kept the timings true but left the GPU idle while the next kernels
-    were launched: 5-7 % of a job on an H200 (bench/RESULTS.md "GPU"). A blocking event puts the
-    waiting thread to sleep instead of spinning a core.
-    """
-
-    device: str
-
-    def mark(self) -> _Mark:
-        if not self.device.startswith("cuda"):
-            return _Mark(at=time.perf_counter())
-        event = torch.cuda.Event(enable_timing=True, blocking=True)  # type: ignore[no-untyped-call]
-        event.record(torch.cuda.current_stream(torch.device(self.device)))
-        return _Mark(event=event)
-
-
-class _Reporter:
-    """Reports what the device has done, in order, from one thread that is not the worker's: each
-    report waits for its mark, so a step's event goes out when the GPU has finished the step, and the
-    worker goes on launching the next one meanwhile."""
-
-    def __init__(self, executor: ThreadPoolExecutor) -> None:
-        self._executor = executor
-        self._sent: list[Future[None]] = []
-
-    def after(self, mark: _Mark | None, action: Callable[[], None]) -> None:
-        def report() -> None:
-            if mark is not None:
-                mark.reached()
-            action()
-
-        self._sent.append(self._executor.submit(report))
-
-    def drain(self) -> BaseException | None:
-        """Wait for every report (none may follow the job's end); the first one's error, if any."""
-        wait(self._sent)
-        errors = [f.exception() for f in self._sent]
-        self._sent.clear()
-        return next((e for e in errors if e is not None), None)
-
-
-@dataclass
-class _Timer:
-    clock: _Clock
-    report: _Reporter
-    phases: dict[str, float] = field(default_factory=dict)
-
-    def run(self, phase: str, emit: Emit, action: Callable[[], Any]) -> Any:
-        start = self.clock.mark()
-        self.report.after(start, lambda: emit(PhaseStarted(phase)))
-        result = action()
-        end = self.clock.mark()
-        self.report.after(end, lambda: self.phases.__setitem__(phase, end.since(start)))
-        return result
 
 
 class Worker:
@@ -254,7 +148,7 @@ class Worker:
 
     def _sync(self) -> None:
         # Only after a load, which is rare and copies the weights asynchronously: jobs are timed with
-        # marks on the device's timeline instead (_Clock), which never make the worker wait.
+        # marks on the device's timeline instead (Clock), which never make the worker wait.
         if self.device.startswith("cuda"):
             torch.cuda.synchronize(self.device)
 
@@ -320,9 +214,9 @@ class Worker:
             raise JobFailed(reason, device_fault=fault)
 
     def _run(self, job_id: str, params: JobParams, emit: Emit, cancel: threading.Event) -> Outcome:
-        report = _Reporter(self._reports)
-        timer = _Timer(_Clock(self.device), report)
-        load = _LoadSamples(self.gpu)
+        report = Reporter(self._reports)
+        timer = Timer(Clock(self.device), report)
+        load = LoadSamples(self.gpu)
         load.take(time.perf_counter())
         self.load_timings = {}
         warm_up = not self._warm
@@ -357,8 +251,8 @@ class Worker:
         params: JobParams,
         emit: Emit,
         cancel: threading.Event,
-        timer: _Timer,
-        load: _LoadSamples,
+        timer: Timer,
+        load: LoadSamples,
         step_s: list[float],
     ) -> list[str]:
         """Encode, denoise, decode and save; what the device did is reported by `timer.report`."""
@@ -389,10 +283,10 @@ class Worker:
         )
         check()
 
-        marks: list[_Mark] = []  # the start of denoising, then the end of each step
+        marks: list[Mark] = []  # the start of denoising, then the end of each step
         before: list[Any] = [None]  # latents before the step now running, for the preview's x0
 
-        def step_done(mark: _Mark, earlier: _Mark, step: int) -> None:
+        def step_done(mark: Mark, earlier: Mark, step: int) -> None:
             step_s.append(mark.since(earlier))
             emit(StepDone(step, params.steps, step_s[-1]))
 

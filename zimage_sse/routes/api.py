@@ -10,12 +10,13 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from ..answers import queue_full_answer
 from ..config import Settings
-from ..eta import accuracy_report
+from ..estimate import accuracy_report
 from ..history import parse_filter
 from ..images import JOB_ID
 from ..params import InvalidRequest, validate
-from ..security import decimal, queue_full_answer
+from ..security import decimal
 from ..service import JobFinished, JobNotFound, JobService, QueueFull, ShuttingDown
 from ..templating import error_page
 

@@ -9,9 +9,9 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from ..answers import queue_full_answer
 from ..history import job_details
 from ..params import FIELDS, InvalidRequest, validate
-from ..security import queue_full_answer
 from ..service import JobFinished, QueueFull
 from ..templating import render
 from .api import job_id_of, manager_of, settings_of

@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import charts, reports
-from ..eta import Curve
+from ..curves import Curve
 from ..params import InvalidRequest
 from ..reports import POINTS, Report, seconds_text
 from ..templating import render

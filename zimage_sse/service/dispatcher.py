@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
-from ..eta import Key, LiveEstimate, Prediction
+from ..estimate import LiveEstimate
+from ..eta import Key, Prediction
 from ..events import Cancelled, JobFailed
 from ..logs import job_context
 from ..messages import LoadProgress, Message, Outcome, PhaseStarted, StepDone
@@ -150,10 +151,11 @@ class Dispatcher:
             except Exception:
                 # The device must survive anything one job does, or every later job waits forever.
                 logger.exception("unexpected error on %s", self.device)
+                self.running = None
+                self.service.queue_changed()  # the job's end replans otherwise (JobService.finish)
             finally:
                 self.running = None
                 self.idle.set()
-                self.service.queue_changed()
 
     # -- the model ----------------------------------------------------------------------------
 

@@ -21,11 +21,11 @@ from ..eta import EtaModel, Key
 from ..events import Event
 from ..messages import Outcome
 from ..params import JobParams
-from . import planner
 from .bus import EventBus, MemoryBus
 from .dispatcher import Dispatcher
 from .errors import JobFinished, JobNotFound, QueueFull, ShuttingDown
 from .following import Following
+from .planning import Planning
 from .queue import JobQueue, MemoryQueue
 from .recorder import Recorder
 from .runner import Runner
@@ -40,7 +40,7 @@ MAX_ATTEMPTS = 2
 SHUTDOWN = "shutdown"  # the last event of every stream when the server stops (README "Restarts and shutdown")
 
 
-class JobService(Following):
+class JobService(Following, Planning):
     def __init__(
         self,
         store: Store,
@@ -347,46 +347,7 @@ class JobService(Following):
         self.publish(state, status, payload)
         self.queue_changed()
 
-    def queue_changed(self) -> None:
-        """The queue or a device changed: renumber, replan, tell every queued job and every device."""
-        self._renumber()
-        now = time.time()
-        self._plan(now)
-        waiting = self.queue.waiting()
-        for state in self.queued():
-            snapshot = state.snapshot(now)
-            self.publish(
-                state,
-                "queued",
-                {
-                    "position": state.position,
-                    "queue_length": len(waiting),
-                    "planned_device": state.planned_device,
-                    "predicted_start_s": snapshot["predicted_start_s"],
-                    "predicted_total_s": snapshot["predicted_total_s"],
-                    "eta_s": snapshot["eta_s"],
-                },
-            )
-        running = self.queue.running()
-        self.publish(
-            None, "queue", {"running": list(running.values()), "devices": running, "queued": waiting}
-        )
-        self._wake()
-
-    def loading_changed(self) -> None:
-        """Jobs waiting behind a load say what they wait for ("loading model: transformer (2/3) …")."""
-        for state in self.queued():
-            dispatcher = self.dispatcher(state.planned_device) or self.dispatchers[0]
-            loading = dispatcher.status_dict() if dispatcher.status.state == ModelState.LOADING else None
-            if loading is not None or state.model_loading is not None:
-                state.model_loading = loading
-                self.publish(state, "queued", {"position": state.position, "model_loading": loading})
-
     # -- internals ----------------------------------------------------------------------------
-
-    def _wake(self) -> None:
-        for dispatcher in self.dispatchers:
-            dispatcher.wakeup.set()
 
     def _remember(self, state: JobState, first_id: int = 0) -> None:
         self._jobs[state.id] = state
@@ -395,25 +356,6 @@ class JobService(Following):
         for job_id in finished[: max(0, len(finished) - self._keep_finished)]:
             del self._jobs[job_id]
             self.bus.forget(job_id)
-
-    def _renumber(self) -> None:
-        for position, job_id in enumerate(self.queue.waiting(), start=1):
-            self._jobs[job_id].position = position
-
-    def _plan(self, now: float) -> list[planner.Placement]:
-        """Every queued job's device, predicted start and run time (planner.py), kept on its state."""
-        by_device = {d.device: d for d in self.dispatchers}
-        waiting = self.queue.waiting()
-
-        def cost(job_id: str, device: str) -> planner.JobCost | None:
-            prior = by_device[device].predict(self._jobs[job_id].params, loaded=False, warm_up=True)
-            return None if prior is None else planner.JobCost.of(prior)
-
-        placements = planner.plan(waiting, [d.view(now) for d in self.dispatchers], cost)
-        for placement in placements:
-            # With one device there is nothing to say about where it runs: pages read as before.
-            self._jobs[placement.job_id].place(placement, now, name_device=len(self.dispatchers) > 1)
-        return placements
 
 
 __all__ = [

@@ -7,7 +7,8 @@ import secrets
 import time
 
 from ..db import Store
-from ..eta import EtaModel, JobRecord, Key, accuracy_points
+from ..estimate import accuracy_points
+from ..eta import EtaModel, JobRecord, Key
 from ..messages import Outcome
 from .state import JobState
 

@@ -7,7 +7,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..eta import JobRecord, LiveEstimate
+from ..estimate import LiveEstimate
+from ..eta import JobRecord
 from ..events import TERMINAL
 from ..params import JobParams
 from ..progress import percent

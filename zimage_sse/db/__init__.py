@@ -10,15 +10,16 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import aiosqlite
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+from .reports import ReportFilter, ReportQueries, phases_by_job, steps_by_job
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
 # The newest finished jobs that ran on a known device: what the ETA engine learns from.
 _RECENT_DONE = (
     "SELECT id FROM jobs WHERE status = 'done' AND device IS NOT NULL ORDER BY finished_at DESC LIMIT ?"
@@ -79,50 +80,7 @@ def _job_filter(
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
 
 
-@dataclass(frozen=True)
-class ReportFilter:
-    """What the reports read: one model, one device, and a window of Unix times (`since` included,
-    `before` not) on each table's own clock: when a job ended, when a model loaded. None is any."""
-
-    model: str | None = None
-    device: str | None = None
-    since: float | None = None
-    before: float | None = None
-
-
-def _report_where(scope: ReportFilter, time_column: str, alias: str = "") -> tuple[str, list[Any]]:
-    """SQL conditions (joined with AND, "1" when none) and their parameters."""
-    conditions, params = ["1"], list[Any]()
-    for column, value in (("model", scope.model), ("device", scope.device)):
-        if value is not None:
-            conditions.append(f"{alias}{column} = ?")
-            params.append(value)
-    if scope.since is not None:
-        conditions.append(f"{alias}{time_column} >= ?")
-        params.append(scope.since)
-    if scope.before is not None:
-        conditions.append(f"{alias}{time_column} < ?")
-        params.append(scope.before)
-    return " AND ".join(conditions), params
-
-
-def _steps_by_job(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[float]]:
-    """Step seconds by job id, in the order of the rows (ordered by step)."""
-    steps: dict[str, list[float]] = {}
-    for row in rows:
-        steps.setdefault(row["job_id"], []).append(float(row["seconds"]))
-    return steps
-
-
-def _phases_by_job(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
-    """Phase seconds by job id and phase."""
-    phases: dict[str, dict[str, float]] = {}
-    for row in rows:
-        phases.setdefault(row["job_id"], {})[row["phase"]] = float(row["seconds"])
-    return phases
-
-
-class Store:
+class Store(ReportQueries):
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
 
@@ -359,9 +317,9 @@ class Store:
         query = (
             f"SELECT job_id, seconds FROM step_timings WHERE job_id IN ({_RECENT_DONE}) ORDER BY job_id, step"
         )
-        steps = _steps_by_job(await self._select(query, (limit,)))
+        steps = steps_by_job(await self._select(query, (limit,)))
         query = f"SELECT job_id, phase, seconds FROM phase_timings WHERE job_id IN ({_RECENT_DONE})"
-        phases = _phases_by_job(await self._select(query, (limit,)))
+        phases = phases_by_job(await self._select(query, (limit,)))
         for job in jobs:
             job["step_s"] = steps.get(job["id"], [])
             job["phases"] = phases.get(job["id"], {})
@@ -402,70 +360,5 @@ class Store:
             (),
         )
 
-    async def report_jobs(self, scope: ReportFilter) -> list[dict[str, Any]]:
-        """Ended jobs (done, failed, cancelled) that ended in scope, with their size and GPU readings,
-        in the order they ended."""
-        where, params = _report_where(scope, "finished_at", "j.")
-        return await self._select(
-            "SELECT j.id, j.status, j.finished_at, j.model, j.device, j.dtype, j.width, j.height,"
-            " j.num_images, j.warm_up, j.gpu_util_start, j.gpu_util_mean, j.gpu_mem_peak_mb FROM jobs j"
-            " WHERE j.status IN ('done', 'failed', 'cancelled') AND j.finished_at IS NOT NULL"
-            f" AND {where} ORDER BY j.finished_at",
-            params,
-        )
 
-    async def report_timings(
-        self, scope: ReportFilter
-    ) -> tuple[dict[str, list[float]], dict[str, dict[str, float]]]:
-        """Step seconds (in step order) and phase seconds of each done job that ended in scope, both by
-        job id."""
-        where, params = _report_where(scope, "finished_at", "j.")
-        steps = await self._select(
-            "SELECT s.job_id, s.step, s.seconds FROM step_timings s JOIN jobs j ON j.id = s.job_id"
-            f" WHERE j.status = 'done' AND {where} ORDER BY s.job_id, s.step",
-            params,
-        )
-        phases = await self._select(
-            "SELECT p.job_id, p.phase, p.seconds FROM phase_timings p JOIN jobs j ON j.id = p.job_id"
-            f" WHERE j.status = 'done' AND {where}",
-            params,
-        )
-        return _steps_by_job(steps), _phases_by_job(phases)
-
-    async def report_model_loads(self, scope: ReportFilter) -> list[dict[str, Any]]:
-        """Every timed component of the model loads in scope (by when they loaded): load_id, model,
-        device, dtype, component, seconds."""
-        where, params = _report_where(scope, "loaded_at")
-        return await self._select(
-            f"SELECT load_id, model, device, dtype, component, seconds FROM model_loads WHERE {where}",
-            params,
-        )
-
-    async def report_eta_predictions(self, scope: ReportFilter) -> list[dict[str, Any]]:
-        """Every recorded prediction of the jobs that ended in scope, with the job's actual run time,
-        size and end, oldest job first."""
-        where, params = _report_where(scope, "finished_at", "j.")
-        return await self._select(
-            "SELECT e.point, e.predicted_total_s, e.actual_total_s, j.width, j.height, j.num_images,"
-            " j.finished_at FROM eta_predictions e JOIN jobs j ON j.id = e.job_id"
-            f" WHERE {where} ORDER BY j.finished_at, e.point",
-            params,
-        )
-
-    async def report_model_devices(self) -> list[tuple[str, str]]:
-        """Every (model, device) pair that has run a job, in order: what the report filters offer."""
-        rows = await self._select(
-            "SELECT DISTINCT model, device FROM jobs WHERE device IS NOT NULL ORDER BY model, device", ()
-        )
-        return [(str(r["model"]), str(r["device"])) for r in rows]
-
-    async def _select(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
-        async with self._conn.execute(sql, params) as cursor:
-            rows = await cursor.fetchall()
-        result = []
-        for row in rows:
-            record = dict(row)
-            if "images" in record:
-                record["images"] = json.loads(record["images"])
-            result.append(record)
-        return result
+__all__ = ["JOB_COLUMNS", "MIGRATIONS_DIR", "ReportFilter", "Store", "migrations"]
