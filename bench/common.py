@@ -144,12 +144,24 @@ def serve(
 
 
 @contextmanager
-def serve_for(args: argparse.Namespace, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
-    """A server for a benchmark's `--model` and `--device`, with its data in a temporary directory."""
+def serve_for(
+    args: argparse.Namespace,
+    env: dict[str, str] | None = None,
+    *,
+    device: str | None = None,
+    root: Path | None = None,
+) -> Iterator[ServerProcess]:
+    """A server for a benchmark's `--model` and `--device` (or `device`), with its data in a temporary
+    directory; `root`: another checkout to serve from."""
     with tempfile.TemporaryDirectory(prefix="zimage-bench-") as scratch:
         models_dir = args.models_dir or Path(scratch) / "models"
         with serve(
-            Path(scratch) / "data", models_dir, model=args.model, device=args.device, env=env
+            Path(scratch) / "data",
+            models_dir,
+            model=args.model,
+            device=device or args.device,
+            env=env,
+            root=root,
         ) as server:
             yield server
 

@@ -71,26 +71,14 @@ def warm(http: httpx.Client, devices: int, size: int, steps: int) -> None:
     wait_all(http, [common.submit(http, job(size, steps, seed)) for seed in range(devices)])
 
 
-@contextlib.contextmanager
-def server(
-    args: argparse.Namespace, device: str, env: dict[str, str], root: Path | None = None
-) -> Iterator[common.ServerProcess]:
-    with tempfile.TemporaryDirectory(prefix="zimage-bench-") as scratch:
-        models = args.models_dir or Path(scratch) / "models"
-        with common.serve(
-            Path(scratch) / "data", models, model=args.model, device=device, env=env, root=root
-        ) as process:
-            yield process
-
-
 def throughput(
     args: argparse.Namespace, rounds: int, count: int, size: int, steps: int, previews: bool
 ) -> tuple[list[str], bool]:
     walls: dict[str, list[float]] = {"one worker": [], "two workers": []}
     env = {**ONE_THREAD, "preview_every": "1" if previews else "0"}
     with (
-        server(args, "cpu", env) as one,
-        server(args, "cpu:0,cpu:1", env) as two,
+        common.serve_for(args, env, device="cpu") as one,
+        common.serve_for(args, env, device="cpu:0,cpu:1") as two,
         one.client() as http_one,
         two.client() as http_two,
     ):
@@ -141,7 +129,7 @@ def hog(core: int) -> Iterator[None]:
 
 
 def placement(args: argparse.Namespace, count: int, steps: int) -> tuple[list[str], bool]:
-    with hog(1), server(args, "cpu:0,cpu:1", ONE_THREAD) as srv, srv.client() as http:
+    with hog(1), common.serve_for(args, ONE_THREAD, device="cpu:0,cpu:1") as srv, srv.client() as http:
         # History first: two jobs of each size at once, three times over. The first pair goes one to each
         # device (nothing is known yet: first free device, in order); later pairs go where the plan says.
         for _ in range(TEACH_ROUNDS):
@@ -217,8 +205,8 @@ def split(args: argparse.Namespace, rounds: int, size: int, steps: int) -> tuple
     walls: dict[str, list[float]] = {"after": [], "before": []}
     with (
         worktree(args.before) as before_tree,
-        server(args, "cpu", {}) as after,
-        server(args, "cpu", {}, root=before_tree) as before,
+        common.serve_for(args, {}, device="cpu") as after,
+        common.serve_for(args, {}, device="cpu", root=before_tree) as before,
         after.client() as http_after,
         before.client() as http_before,
     ):
