@@ -76,9 +76,6 @@ class JobService(Following, Planning):
     def model(self) -> str:
         return self.dispatchers[0].runner.model
 
-    def devices(self) -> list[str]:
-        return [d.device for d in self.dispatchers]
-
     def dispatcher(self, device: str | None) -> Dispatcher | None:
         return next((d for d in self.dispatchers if d.device == device), None)
 
@@ -189,11 +186,6 @@ class JobService(Following, Planning):
 
     def running_jobs(self) -> list[JobState]:
         return [d.running for d in self.dispatchers if d.running is not None]
-
-    def running(self) -> JobState | None:
-        """The first device's running job (the only one with one device)."""
-        jobs = self.running_jobs()
-        return jobs[0] if jobs else None
 
     def queued(self) -> list[JobState]:
         return [self._jobs[job_id] for job_id in self.queue.waiting()]
