@@ -22,10 +22,35 @@ UNKNOWN_WAIT_RETRY_S = 30
 # -- answers -------------------------------------------------------------------------------------------
 
 
+# The compatibility APIs (routes/a1111.py, routes/openai_images.py) answer errors in their own shapes.
+A1111_PREFIX = "/sdapi/"
+OPENAI_PREFIX = "/v1/"
+API_PREFIXES = ("/api/", A1111_PREFIX, OPENAI_PREFIX)
+
+
 def wants_page(scope: Scope) -> bool:
-    """A browser asking for a page (or posting a form) gets HTML; the API and everyone else JSON."""
+    """A browser asking for a page (or posting a form) gets HTML; the APIs and everyone else JSON."""
     path: str = scope["path"]
-    return not path.startswith("/api/") and "text/html" in Headers(scope=scope).get("accept", "")
+    return not path.startswith(API_PREFIXES) and "text/html" in Headers(scope=scope).get("accept", "")
+
+
+OPENAI_ERROR_TYPES = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}
+
+
+def error_body(path: str, status: int, message: str, field: str | None = None) -> dict[str, Any]:
+    """An error as the API at `path` shapes it.
+
+    - ours: `{"errors": {field: reason}}` for bad input, `{"error": message}` otherwise;
+    - AUTOMATIC1111's (`modules/api/api.py`, `api_error`): `{"error", "detail", "body", "errors"}`;
+    - OpenAI's: `{"error": {"message", "type", "param", "code"}}`.
+    """
+    if path.startswith(A1111_PREFIX):
+        return {"error": HTTPStatus(status).phrase, "detail": message, "body": "", "errors": ""}
+    if path.startswith(OPENAI_PREFIX):
+        kind = OPENAI_ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+        code = {401: "invalid_api_key", 429: "rate_limit_exceeded"}.get(status)
+        return {"error": {"message": message, "type": kind, "param": field, "code": code}}
+    return {"errors": {field: message}} if field else {"error": message}
 
 
 async def reject(
@@ -43,7 +68,7 @@ async def reject(
     if wants_page(scope):
         response = error_page(Request(scope, receive), status, HTTPStatus(status).phrase, message, headers)
     else:
-        body: dict[str, Any] = {"errors": {field: message}} if field else {"error": message}
+        body = error_body(scope["path"], status, message, field)
         response = JSONResponse(body, status_code=status, headers=headers)
     await response(scope, receive, send)
 

@@ -9,6 +9,7 @@ for a browser asking for a page, with the error page instead.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import math
@@ -22,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .answers import reject, wants_page
+from .answers import A1111_PREFIX, reject, wants_page
 from .config import Settings
 
 # Only our own files: no inline script or style (so an injected one cannot run), previews are data: URLs,
@@ -50,7 +51,7 @@ SECURITY_HEADERS = (
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # What the rate limit counts: every way to submit a job (valid or not), and login attempts.
-SUBMIT_PATHS = frozenset({"/api/jobs", "/jobs"})
+SUBMIT_PATHS = frozenset({"/api/jobs", "/jobs", "/sdapi/v1/txt2img", "/v1/images/generations"})
 AGAIN_SUFFIX = "/again"  # POST /jobs/{id}/again and /api/jobs/{id}/again queue a copy of a job
 LOGIN_PATH = "/login"
 # Bodies that may be as large as max_upload_bytes: a PNG, sent as a multipart form or as the body.
@@ -219,9 +220,25 @@ def valid_session(token: str, value: str, now: float) -> bool:
     return hmac.compare_digest(session_cookie(token, int(issued)).encode(), value.encode())
 
 
+def basic_password(credentials: str) -> str | None:
+    """The password of HTTP Basic credentials (`base64(user:password)`), or None when malformed."""
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    _user, colon, password = decoded.partition(":")
+    return password if colon else None
+
+
 def authorised(token: str, headers: Headers, cookies: dict[str, str]) -> bool:
+    """The token as a bearer, as HTTP Basic's password (any user name: AUTOMATIC1111's clients send
+    `--api-auth user:password`), or a valid session cookie from /login."""
     scheme, _, given = headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
+    scheme = scheme.lower()
+    if scheme == "basic":
+        given = basic_password(given) or ""
+    given = given.strip()
+    if scheme in ("bearer", "basic") and given and hmac.compare_digest(given.encode(), token.encode()):
         return True
     cookie = cookies.get(SESSION_COOKIE)
     return cookie is not None and valid_session(token, cookie, time.time())
@@ -257,13 +274,16 @@ class TokenAuth:
                 scope, receive, send
             )
             return
+        # A1111's clients authenticate with Basic (the token as the password); everyone else a bearer.
+        scheme = "Basic" if scope["path"].startswith(A1111_PREFIX) else "Bearer"
         await reject(
             scope,
             receive,
             send,
             401,
-            "This server needs its access token: send `Authorization: Bearer TOKEN` or log in at /login.",
-            headers={"WWW-Authenticate": 'Bearer realm="zimage-sse"'},
+            "This server needs its access token: send `Authorization: Bearer TOKEN` (or HTTP Basic with"
+            " the token as the password), or log in at /login.",
+            headers={"WWW-Authenticate": f'{scheme} realm="zimage-sse"'},
         )
 
 

@@ -46,6 +46,30 @@ class Following:
                 return
             yield first, subscription
 
+    async def until_end(self, job_id: str) -> AsyncIterator[Event]:
+        """A job's events from now to its end, for callers inside the server that wait on a job (the
+        compatibility APIs): a snapshot or what is known first, then every event, the terminal one
+        last. A subscription that overflows (the caller was slow) is resumed after its last event,
+        so the end is never missed. Stops early only when the server shuts down: the caller then
+        reads the job's state (`get`) to tell why."""
+        last: str | None = None
+        while True:
+            async with self.follow(job_id, last) as (first, subscription):
+                for event in first:
+                    yield event
+                    if event.terminal:
+                        return
+                    last = str(event.seq) if event.seq else last
+                if subscription is None:
+                    return
+                async for event in subscription:
+                    yield event
+                    if event.terminal:
+                        return
+                    last = str(event.seq) if event.seq else last
+                if not subscription.overflowed:
+                    return
+
     def _snapshot(self, state: JobState) -> Event:
         seq = self.bus.last_id(state.id) if self.bus.knows(state.id) else 0
         return Event("snapshot", state.snapshot(), job_id=state.id, seq=seq)
