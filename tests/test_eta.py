@@ -751,14 +751,14 @@ def test_live_observed_steps_gain_weight_as_they_accumulate() -> None:
         assert estimate == pytest.approx(expected)
         assert previous < estimate < 0.2  # between prior and observed, nearer observed each step
         previous = estimate
-        # What the user sees: the steps left at the blended time, decode scaled the same way.
+        # What the user sees: the steps left at the blended time, decode and save scaled the same way.
         left = 9 - (k + 1)
-        decode = 0.06 * expected / 0.1
+        decode, save = 0.06 * expected / 0.1, 0.02 * expected / 0.1
         remaining = live.remaining(now)
         if left > 0:
-            assert remaining == pytest.approx(left * expected + decode + 0.02)
+            assert remaining == pytest.approx(left * expected + decode + save)
         else:
-            assert remaining == pytest.approx(decode + 0.02)
+            assert remaining == pytest.approx(decode + save)
 
 
 def test_live_observations_keep_gaining_weight_past_the_recent_window() -> None:
@@ -771,7 +771,7 @@ def test_live_observations_keep_gaining_weight_past_the_recent_window() -> None:
     weight = blend_weight(20, "size", 0.2, 0.1)
     expected = weight * 0.2 + (1 - weight) * 0.1
     assert live.step_estimate() == pytest.approx(expected)
-    assert live.remaining(now) == pytest.approx(9 * expected + 0.06 * expected / 0.1 + 0.02)
+    assert live.remaining(now) == pytest.approx(9 * expected + 0.08 * expected / 0.1)
 
 
 @pytest.mark.parametrize("source", ["size", "cost-model", "scaled"])
@@ -803,10 +803,10 @@ def test_live_contention_moves_the_eta_up() -> None:
     known = [t for t in totals if t is not None]
     assert all(later > earlier for earlier, later in itertools.pairwise(known))
     assert known[-1] > prior_total + 0.8  # 0.8 s of slow steps already spent
-    # The decode that remains is scaled by the same slow-down.
+    # The decode and save that remain are scaled by the same slow-down.
     weight = blend_weight(7, "size", 0.2, 0.1)
     step = weight * 0.2 + (1 - weight) * 0.1
-    assert live.remaining(now) == pytest.approx(step + 0.06 * step / 0.1 + 0.02)  # one step to go
+    assert live.remaining(now) == pytest.approx(step + (0.06 + 0.02) * step / 0.1)  # one step to go
 
 
 def test_live_decoding_and_saving_count_down_and_never_go_negative() -> None:
@@ -926,7 +926,7 @@ def test_accuracy_points_of_a_live_job() -> None:
     assert len({points[p] for p in points}) == 4
     weight = blend_weight(3, "size", 0.2, 0.1)
     step = weight * 0.2 + (1 - weight) * 0.1
-    assert points[0.5] == pytest.approx(0.89 + 5 * step + 0.06 * step / 0.1 + 0.02)
+    assert points[0.5] == pytest.approx(0.89 + 5 * step + (0.06 + 0.02) * step / 0.1)
 
 
 # -- accuracy_report ---------------------------------------------------------------------------

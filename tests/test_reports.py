@@ -391,3 +391,56 @@ def test_throughput_page_link_keeps_the_filters(history: History) -> None:
         html = client.get("/reports", params={"model": "tiny", "bucket": "hour"}).text
     assert 'href="/api/reports/throughput.csv?model=tiny&amp;bucket=hour"' in html
     assert "Throughput per hour" in html
+
+
+async def test_the_device_speed_per_day_shows_a_slow_day_next_to_its_eta_error(tmp_path: Path) -> None:
+    """Day one at the usual pace, day two half as fast again across two sizes, written through the
+    Store as the service writes them; the report puts each day's speed beside its ETA error at 0 %."""
+    store = await Store.open(tmp_path / "zimage-sse.db")
+    day = 86400.0
+    start = 1.0e9 - 1.0e9 % day  # a UTC midnight
+    try:
+        for index in range(12):
+            slow = index >= 6
+            width = 512 if index % 2 else 1024
+            step = (0.1 if width == 512 else 0.4) * (1.5 if slow else 1.0)
+            at = start + (day if slow else 0.0) + index * 60
+            job_id = f"{index:016x}"
+            await store.insert_job(
+                {
+                    "id": job_id,
+                    "created_at": at,
+                    "status": "queued",
+                    "prompt": "p",
+                    "negative_prompt": "",
+                    "width": width,
+                    "height": width,
+                    "steps": 4,
+                    "guidance": 0.0,
+                    "seed": 1,
+                    "num_images": 1,
+                    "model": "m",
+                }
+            )
+            await store.mark_started(job_id, at, "cuda:0", "bfloat16", None)
+            actual = 4 * step
+            await store.finish_job(
+                job_id,
+                status="done",
+                finished_at=at + actual,
+                step_s=[step * 1.2, step, step, step],
+                warm_up=False,
+                eta_points={0.0: 4 * (0.1 if width == 512 else 0.4)},  # predicted at the usual pace
+                actual_total_s=actual,
+            )
+        speed = (await build(store, Filters()))["speed"]
+    finally:
+        await store.close()
+    first, second = speed.rows
+    assert (first["period"], second["period"]) == ("2001-09-09", "2001-09-10")
+    assert first["jobs"] == second["jobs"] == 6 and first["device"] == "cuda:0"
+    assert second["speed"] / first["speed"] == pytest.approx(1.5, rel=0.01)
+    assert second["slowest"] == second["fastest"] == second["speed"]  # every job that day alike
+    assert first["eta_mape_at_0_percent"] == pytest.approx(0.0, abs=0.01)
+    assert second["eta_mape_at_0_percent"] == pytest.approx(100 * (1 - 1 / 1.5), abs=0.01)
+    assert first["eta_jobs"] == second["eta_jobs"] == 6

@@ -92,10 +92,10 @@ class LiveEstimate:
         if step is None:
             return None
         prior = self.prior
-        # What the observed steps say about this run's speed carries over to decoding.
+        # What the observed steps say about this run's speed carries over to decoding and saving.
         factor = step / prior.step_s if prior and prior.step_s > 0 else 1.0
         decode = prior.decode_s * factor if prior else step * DECODE_PER_STEP
-        save = prior.save_s if prior else 0.0
+        save = prior.save_s * factor if prior else 0.0
         done = len(self.step_s)
         in_phase = now - self.phase_at
         warm = self.warmup_left

@@ -11,8 +11,17 @@ job's phases before it starts:
   the nearest known size scaled by T; with no history at all, nothing ("estimating").
 - the first generation after a model load (warm-up, about 2.2 s extra on the H200) is learned and
   predicted apart, and never enters the steady-state figures.
+- the device's speed now (speed.py): every job's steady step time against its size's shape gives a
+  ratio, and the newest ratios say how fast the device runs at the moment, across all sizes. The
+  shapes (per-size medians, the cost model) are learned from times divided by the speed each job ran
+  at, and every phase predicted is the shape times the speed now, so one job at any size corrects
+  the others when another tenant, a CPU hog or a thermal limit changes the pace.
+- the first decode at a size after a load can be a one-off (new buffers, kernels picked for the
+  shape: 7.0 s against 3.6 s later for 1024² on a 2-core CPU): such decodes are kept out of the
+  size's median and their extra is learned apart, as the warm-up is.
 - GPU load (utilisation at job start, when pynvml can read it) adjusts step time through the
-  relation measured between load and the step time's deviation from the cost model.
+  relation measured between load and what is left of the step time's deviation once the speed
+  around that job is taken out.
 
 While a job runs, `LiveEstimate` (estimate.py) blends the prior step time with the observed steps (first step
 excluded, median of recent steps so one slow step does not swing it), the observations gaining
@@ -21,6 +30,7 @@ weight as they accumulate, and scales the rest of the job by what it has learned
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections import deque
@@ -29,6 +39,7 @@ from dataclasses import dataclass
 
 from .curves import Curve, fit_curve
 from .progress import median as _median
+from .speed import speeds
 
 Key = tuple[str, str, str]  # model, device, dtype
 Size = tuple[int, int, int]  # width, height, batch
@@ -48,6 +59,10 @@ RECENT_STEPS = 8
 # (86.7 ms vs 143.9 ms, shared/data/h200-step-profile.json).
 DECODE_PER_STEP = 0.6
 MIN_LOAD_SAMPLES = 5
+# A first decode at a size must be this much (relative) slower than the size's steady decodes, in
+# the median of at least FIRST_DECODE_SAMPLES of them, to be predicted as a one-off.
+FIRST_DECODE_MARGIN = 0.05
+FIRST_DECODE_SAMPLES = 2
 # A prior this far (relative) from two or more observed steps has lost half of its confidence.
 PRIOR_TOLERANCE = 0.10
 
@@ -80,6 +95,8 @@ class JobRecord:
     phases: Mapping[str, float]
     warm_up: bool = False
     gpu_util: float | None = None
+    # The first job of its size on the device since the model was loaded (its decode may be a one-off).
+    first_of_size: bool = False
 
     @property
     def key(self) -> Key:
@@ -97,7 +114,7 @@ class JobRecord:
     def pixels(self) -> int:
         return self.width * self.height * self.batch
 
-    @property
+    @functools.cached_property
     def step_median(self) -> float | None:
         values = steady(self.step_s)
         return statistics.median(values) if values else None
@@ -115,6 +132,8 @@ class Prediction:
     load_s: float | None = 0.0
     warmup_s: float = 0.0
     source: str = "size"
+    # The device's speed the phases were scaled by (1.0: its usual pace; speed.py).
+    speed: float = 1.0
 
     @property
     def confidence(self) -> float:
@@ -147,12 +166,16 @@ class _Fitted:
     warmup_s: float
     load_relation: Curve | None
     decode_per_step: float | None
+    speed: float = 1.0  # the device's speed now; every shape above is at speed 1.0
+    first_decode: float = 0.0  # a first decode at a size takes this much longer (relative)
 
 
 class EtaModel:
     def __init__(self, records: Iterable[JobRecord] = ()) -> None:
-        # Per key, the newest jobs of each size, warm-up ones apart; each group oldest first.
-        self._records: dict[Key, dict[tuple[Size, bool], deque[JobRecord]]] = {}
+        # Per key, the newest jobs of each size, warm-up ones apart; each group oldest first, each job
+        # with its place in the order jobs were added (the speed follows time across sizes).
+        self._records: dict[Key, dict[tuple[Size, bool], deque[tuple[int, JobRecord]]]] = {}
+        self._added = 0
         self._fitted: dict[Key, _Fitted] = {}
         self._loads: dict[Key, list[float]] = {}
         for record in records:
@@ -161,7 +184,8 @@ class EtaModel:
     def add(self, record: JobRecord) -> None:
         groups = self._records.setdefault(record.key, {})
         group = groups.setdefault((record.size, record.warm_up), deque(maxlen=HISTORY_PER_SIZE))
-        group.append(record)
+        group.append((self._added, record))
+        self._added += 1
         self._fitted.pop(record.key, None)
 
     def add_load(self, key: Key, seconds: float) -> None:
@@ -176,8 +200,13 @@ class EtaModel:
         return self._fit(key).load_s if key in self._records else None
 
     def records(self, key: Key) -> list[JobRecord]:
-        """The jobs the engine learns from for `key`, grouped by size."""
-        return [record for group in self._records.get(key, {}).values() for record in group]
+        """The jobs the engine learns from for `key`, oldest first."""
+        added = sorted(item for group in self._records.get(key, {}).values() for item in group)
+        return [record for _, record in added]
+
+    def speed(self, key: Key) -> float | None:
+        """The device's speed now (1.0: its usual pace), or None with no history."""
+        return self._fit(key).speed if key in self._records else None
 
     def step_curve(self, key: Key) -> Curve | None:
         return self._fit(key).step_curve if key in self._records else None
@@ -192,26 +221,37 @@ class EtaModel:
         *,
         loaded: bool = True,
         warm_up: bool = False,
+        first_of_size: bool = False,
         gpu_util: float | None = None,
     ) -> Prediction | None:
+        """A job's phases on `key` now: the size's shape times the device's speed now.
+
+        `first_of_size`: no job of this size has run on the device since the model was loaded, so
+        a learned one-off decode extra applies."""
         if key not in self._records:
             return None
         fitted = self._fit(key)
         size = (width, height, batch)
-        step, source = self._step(fitted, size)
-        if step is None:
+        shape, source = self._step(fitted, size)
+        if shape is None:
             return None
+        speed = fitted.speed
+        step = shape * speed
         if gpu_util is not None and fitted.load_relation is not None:
             step *= max(0.5, fitted.load_relation(gpu_util))
+        decode = self._phase(fitted, "decoding", size, self._decode_fallback(fitted, shape)) * speed
+        if first_of_size:
+            decode *= 1.0 + fitted.first_decode
         return Prediction(
             steps=steps,
             step_s=step,
-            encode_s=fitted.encode_s or 0.0,
-            decode_s=self._phase(fitted, "decoding", size, self._decode_fallback(fitted, step)),
-            save_s=self._phase(fitted, "saving", size, 0.0),
+            encode_s=(fitted.encode_s or 0.0) * speed,
+            decode_s=decode,
+            save_s=self._phase(fitted, "saving", size, 0.0) * speed,
             load_s=0.0 if loaded else self.load_estimate(key),
             warmup_s=fitted.warmup_s if warm_up else 0.0,
             source=source,
+            speed=speed,
         )
 
     # Curves are per image: a batch of n costs n times one image (the H200 profile: batch 2 at 1024²
@@ -253,31 +293,70 @@ class EtaModel:
         return fitted
 
     def _build(self, records: list[JobRecord]) -> _Fitted:
+        """What `records` (oldest first) teach: shapes at speed 1.0, the speed now, the one-offs."""
         steady_jobs = [r for r in records if not r.warm_up]
+        timed = [i for i, r in enumerate(records) if not r.warm_up and r.step_median]
+        # GPU load at the start explains part of a job's step time where it has been seen to; the
+        # speed is learned from what it leaves unexplained.
+        raw: dict[Size, list[float]] = {}
+        for i in timed:
+            raw.setdefault(records[i].size, []).append(records[i].step_median or 0.0)
+        load_relation = self._load_relation(
+            [records[i] for i in timed], {size: statistics.median(v) for size, v in raw.items()}
+        )
+
+        def explained(record: JobRecord) -> float:
+            if load_relation is None or record.gpu_util is None:
+                return 1.0
+            return max(0.5, load_relation(record.gpu_util))
+
+        found = speeds(
+            [(records[i].size, (records[i].step_median or 0.0) / explained(records[i])) for i in timed]
+        )
+        speed_at = _spread(len(records), dict(zip(timed, found.local, strict=True)), found.now)
+        speed_of = {id(record): speed_at[i] for i, record in enumerate(records)}
+
+        def normal(record: JobRecord, phase: str) -> float:
+            return record.phases[phase] / speed_of[id(record)]
+
         by_size: dict[Size, list[JobRecord]] = {}
         for record in steady_jobs:
             by_size.setdefault(record.size, []).append(record)
-        step_by_size: dict[Size, float] = {}
-        for size, group in by_size.items():
-            median = _median(s for r in group for s in steady(r.step_s))
-            if median is not None:
-                step_by_size[size] = median
+        step_by_size = dict(found.shape)
         # A size seen only in a warm-up job: its steps after the first are already steady.
         for record in records:
             if record.warm_up and record.size not in step_by_size and len(record.step_s) > 1:
-                step_by_size[record.size] = statistics.median(steady(record.step_s))
-        phase_by_size: dict[str, dict[Size, float]] = {}
-        phase_curves: dict[str, Curve | None] = {}
-        for phase in ("decoding", "saving"):
-            per_size = {}
-            for size, group in by_size.items():
-                median = _median(r.phases[phase] for r in group if phase in r.phases)
-                if median is not None:
-                    per_size[size] = median
-            phase_by_size[phase] = per_size
-            phase_curves[phase] = fit_curve(
+                step_by_size[record.size] = statistics.median(steady(record.step_s)) / speed_of[id(record)]
+        # Decodes: a size's first one since a load apart from its later ones, where there are later ones.
+        decodes: dict[Size, float] = {}
+        for size, group in by_size.items():
+            later = [normal(r, "decoding") for r in group if "decoding" in r.phases and not r.first_of_size]
+            if later:
+                decodes[size] = statistics.median(later)
+        firsts = [
+            normal(r, "decoding") / decodes[r.size]
+            for r in steady_jobs
+            if r.first_of_size and "decoding" in r.phases and decodes.get(r.size)
+        ]
+        extra = (_median(firsts) or 1.0) - 1.0 if len(firsts) >= FIRST_DECODE_SAMPLES else 0.0
+        first_decode = extra if extra > FIRST_DECODE_MARGIN else 0.0
+        for size, group in by_size.items():
+            if size not in decodes:
+                first = _median(normal(r, "decoding") for r in group if "decoding" in r.phases)
+                if first is not None:
+                    decodes[size] = first / (1.0 + first_decode)
+        saves = {
+            size: value
+            for size, group in by_size.items()
+            if (value := _median(normal(r, "saving") for r in group if "saving" in r.phases)) is not None
+        }
+        phase_by_size = {"decoding": decodes, "saving": saves}
+        phase_curves = {
+            phase: fit_curve(
                 [(s[0] * s[1], v / s[2], len(by_size[s])) for s, v in per_size.items()], quadratic=False
             )
+            for phase, per_size in phase_by_size.items()
+        }
         step_curve = fit_curve(
             [(tokens(s[0], s[1], 1), v / s[2], len(by_size.get(s, ())) or 1) for s, v in step_by_size.items()]
         )
@@ -294,44 +373,58 @@ class EtaModel:
             phase_by_size=phase_by_size,
             step_curve=step_curve,
             phase_curves=phase_curves,
-            encode_s=_median(r.phases["encoding"] for r in steady_jobs if "encoding" in r.phases)
-            or _median(r.phases["encoding"] for r in records if "encoding" in r.phases),
+            encode_s=_median(normal(r, "encoding") for r in steady_jobs if "encoding" in r.phases)
+            or _median(normal(r, "encoding") for r in records if "encoding" in r.phases),
             load_s=_median(r.phases["loading"] for r in records if "loading" in r.phases),
             warmup_s=0.0,
-            load_relation=None,
+            load_relation=load_relation,
             decode_per_step=_median(steady_ratios or [ratio for _, ratio in ratios]),
+            speed=found.now,
+            first_decode=first_decode,
         )
-        fitted.warmup_s = self._warmup(fitted, [r for r in records if r.warm_up])
-        fitted.load_relation = self._load_relation(fitted, steady_jobs)
+        fitted.warmup_s = self._warmup(fitted, [r for r in records if r.warm_up], speed_of)
         return fitted
 
-    def _warmup(self, fitted: _Fitted, warm_jobs: list[JobRecord]) -> float:
-        """Median extra time of a first generation over what the same job costs once warm."""
+    def _warmup(self, fitted: _Fitted, warm_jobs: list[JobRecord], speed_of: Mapping[int, float]) -> float:
+        """Median extra time of a first generation over what the same job costs once warm (a warm-up
+        job is a size's first too, so its decode is expected with that one-off)."""
         extras = []
         for record in warm_jobs:
             step, _ = self._step(fitted, record.size)
             if step is None or fitted.encode_s is None:
                 continue
             decode = self._phase(fitted, "decoding", record.size, self._decode_fallback(fitted, step))
+            expected = fitted.encode_s + step * len(record.step_s) + decode * (1.0 + fitted.first_decode)
             actual = (
                 record.phases.get("encoding", 0.0) + sum(record.step_s) + record.phases.get("decoding", 0.0)
             )
-            extras.append(actual - (fitted.encode_s + step * len(record.step_s) + decode))
+            extras.append(actual - expected * speed_of[id(record)])
         return max(0.0, _median(extras) or 0.0)
 
-    def _load_relation(self, fitted: _Fitted, jobs: list[JobRecord]) -> Curve | None:
-        """Step time ÷ the unloaded expectation, as a line in GPU utilisation at job start."""
-        points = []
-        for record in jobs:
-            median = record.step_median
-            if record.gpu_util is None or median is None:
-                continue
-            expected, _ = self._step(fitted, record.size)
-            if expected:
-                points.append((record.gpu_util, median / expected, 1.0))
+    @staticmethod
+    def _load_relation(jobs: list[JobRecord], expected: Mapping[Size, float]) -> Curve | None:
+        """Step time ÷ its size's median, as a line in GPU utilisation at job start."""
+        points = [
+            (record.gpu_util, record.step_median / expected[record.size], 1.0)
+            for record in jobs
+            if record.gpu_util is not None and record.step_median and expected.get(record.size)
+        ]
         if len(points) < MIN_LOAD_SAMPLES or max(p[0] for p in points) - min(p[0] for p in points) < 10:
             return None
         return fit_curve(points, quadratic=False)
+
+
+def _spread(count: int, known: Mapping[int, float], default: float) -> list[float]:
+    """A value for each of `count` places from the places in `known`: each place takes the nearest
+    known one before it (the first known one before any); `default` where none is known."""
+    if not known:
+        return [default] * count
+    first = known[min(known)]
+    values, last = [], first
+    for index in range(count):
+        last = known.get(index, last)
+        values.append(last)
+    return values
 
 
 def _nearest(known: Mapping[Size, float], target: int, measure: Callable[[Size], int]) -> Size | None:

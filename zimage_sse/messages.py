@@ -66,6 +66,7 @@ class Outcome:
     step_s: list[float]
     phases: dict[str, float]
     warm_up: bool
+    first_of_size: bool = False  # no job of its size had run on the device since the model loaded
     gpu_util_mean: float | None = None
     gpu_mem_peak_mb: float | None = None
     load_timings: dict[str, float] = field(default_factory=dict)  # per component, when this job loaded

@@ -24,13 +24,14 @@ from .eta import ACCURACY_POINTS, EtaModel, Key, size_label, steady, tokens
 from .params import InvalidRequest
 from .progress import median
 from .service import job_record
+from .speed import SPEED_COLUMNS, speed_by_period
 
 BUCKETS = ("day", "hour")
 PHASES = ("encoding", "denoising", "decoding", "saving")
 ENDED = ("done", "failed", "cancelled")
 MAX_FILTER_CHARS = 1000
 SERIES_COLUMNS = ("model", "device", "dtype")
-SECTIONS = ("step-times", "step-profile", "phases", "loads", "eta-accuracy", "throughput", "gpu")
+SECTIONS = ("step-times", "step-profile", "phases", "loads", "eta-accuracy", "speed", "throughput", "gpu")
 POINTS = tuple(f"{round(p * 100)}%" for p in ACCURACY_POINTS)
 _ETA_COLUMNS = ("scope", "group", "point", "mape_percent", "jobs", "none")
 
@@ -138,6 +139,7 @@ async def build(store: Store, filters: Filters) -> Report:
         phase_breakdown(done),
         model_loads(loads),
         eta_accuracy(predictions),
+        device_speed(done, predictions, filters.bucket),
         throughput(jobs, filters.bucket),
         gpu_use(done),
     )
@@ -328,6 +330,15 @@ def eta_accuracy(rows: Sequence[Mapping[str, Any]]) -> Table:
         for point in report["points"]
     ]
     return Table("eta-accuracy", "ETA accuracy", _ETA_COLUMNS, table)
+
+
+def device_speed(
+    done: Sequence[Mapping[str, Any]], predictions: Sequence[Mapping[str, Any]], bucket: str
+) -> Table:
+    """How fast each device ran per UTC day or hour, next to how far off the ETA was at 0 %
+    (speed.speed_by_period)."""
+    rows = speed_by_period(done, predictions, lambda at: _period(at, bucket))
+    return Table("speed", f"Device speed per {bucket}", SPEED_COLUMNS, rows)
 
 
 def _period(finished_at: float, bucket: str) -> str:

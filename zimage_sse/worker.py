@@ -63,6 +63,7 @@ class Worker:
         self.dtype = pipeline.resolve_dtype(dtype, self.device)
         self._pipe: Any = None
         self._warm = False
+        self._sizes: set[tuple[int, int, int]] = set()  # (width, height, images) run since the load
         # What the PNGs name as the model's exact revision (zimage_sse/repro.py); set when it loads.
         self.revision: str | None = None
         self.load_timings: dict[str, float] = {}
@@ -82,9 +83,14 @@ class Worker:
         """A generation has run since the load: the next job pays no warm-up."""
         return self._warm
 
+    def ran(self, params: JobParams) -> bool:
+        """A job of this size has run since the load (its first decode can be a one-off)."""
+        return (params.width, params.height, params.num_images) in self._sizes
+
     def unload(self) -> None:
         """Give the device memory back; the next job loads the model again."""
         self._pipe, self._warm = None, False
+        self._sizes = set()
         heap.unfreeze()  # what the model left in reference cycles can be collected again
         self._free_memory()
 
@@ -187,6 +193,7 @@ class Worker:
             if current[0] is not None:
                 timings[current[0]] = time.perf_counter() - current[1]
             self._pipe, self._warm, self.load_timings = pipe, False, timings
+            self._sizes = set()
             heap.freeze()
         return self._pipe
 
@@ -221,6 +228,7 @@ class Worker:
         self.load_timings = {}
         warm_up = not self._warm
         step_s: list[float] = []
+        first_of_size = warm_up or not self.ran(params)
         try:
             # As `pipe()` itself runs: without autograd, which would record every operation of the
             # phases run outside it (the text encoder here) and keep their activations for a backward
@@ -235,11 +243,13 @@ class Worker:
         if warm_up:
             heap.freeze()  # its first run imported and cached more (zimage_sse/heap.py)
         self._warm = True
+        self._sizes.add((params.width, params.height, params.num_images))
         return Outcome(
             images=names,
             step_s=step_s,
             phases=timer.phases,
             warm_up=warm_up,
+            first_of_size=first_of_size,
             gpu_util_mean=load.util_mean,
             gpu_mem_peak_mb=load.mem_peak_mb,
             load_timings=dict(self.load_timings),

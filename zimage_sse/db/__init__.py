@@ -161,6 +161,7 @@ class Store(ReportQueries):
         step_s: Sequence[float] = (),
         phases: Mapping[str, float] | None = None,
         warm_up: bool | None = None,
+        first_of_size: bool | None = None,
         gpu_util_mean: float | None = None,
         gpu_mem_peak_mb: float | None = None,
         eta_points: Mapping[float, float | None] | None = None,
@@ -170,13 +171,14 @@ class Store(ReportQueries):
         try:
             await self._conn.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, error = ?, images = ?, warm_up = ?,"
-                " gpu_util_mean = ?, gpu_mem_peak_mb = ? WHERE id = ?",
+                " first_of_size = ?, gpu_util_mean = ?, gpu_mem_peak_mb = ? WHERE id = ?",
                 (
                     status,
                     finished_at,
                     error,
                     json.dumps(list(images)),
                     None if warm_up is None else int(warm_up),
+                    None if first_of_size is None else int(first_of_size),
                     gpu_util_mean,
                     gpu_mem_peak_mb,
                     job_id,
@@ -310,7 +312,8 @@ class Store(ReportQueries):
     async def timing_history(self, limit: int = 5000) -> list[dict[str, Any]]:
         """The newest `limit` finished jobs with their step and phase timings, oldest first."""
         jobs = await self._select(
-            "SELECT id, model, device, dtype, width, height, num_images, warm_up, gpu_util_start"
+            "SELECT id, model, device, dtype, width, height, num_images, warm_up, first_of_size,"
+            " gpu_util_start"
             f" FROM jobs WHERE id IN ({_RECENT_DONE}) ORDER BY finished_at",
             (limit,),
         )

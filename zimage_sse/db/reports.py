@@ -103,8 +103,8 @@ class ReportQueries:
         size and end, oldest job first."""
         where, params = report_where(scope, "finished_at", "j.")
         return await self._select(
-            "SELECT e.point, e.predicted_total_s, e.actual_total_s, j.width, j.height, j.num_images,"
-            " j.finished_at FROM eta_predictions e JOIN jobs j ON j.id = e.job_id"
+            "SELECT e.job_id, e.point, e.predicted_total_s, e.actual_total_s, j.width, j.height,"
+            " j.num_images, j.finished_at FROM eta_predictions e JOIN jobs j ON j.id = e.job_id"
             f" WHERE {where} ORDER BY j.finished_at, e.point",
             params,
         )

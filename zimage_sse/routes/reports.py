@@ -101,6 +101,7 @@ def page_sections(report: Report) -> dict[str, Any]:
         ],
         "phases": [_phase_group(i, series, rows) for i, (series, rows) in _enum(report, "phases")],
         "eta": _eta_section(report["eta-accuracy"].rows),
+        "speed": _speed_chart(report["speed"].rows, report["speed"].title),
         "throughput": _throughput_chart(report["throughput"].rows, report["throughput"].title),
         "gpu": [_gpu_group(i, series, rows) for i, (series, rows) in _enum(report, "gpu")],
     }
@@ -201,6 +202,29 @@ def _eta_section(rows: Sequence[Row]) -> dict[str, Any]:
         ],
     )
     return {"chart": chart if days else None, "groups": groups}
+
+
+def _speed_chart(rows: Sequence[Row], title: str) -> charts.Chart | None:
+    """The speed per period, one line per model · device · dtype."""
+    if not rows:
+        return None
+    periods = sorted({row["period"] for row in rows})
+    place = {period: float(i) for i, period in enumerate(periods)}
+    return charts.xy_chart(
+        "chart-speed",
+        title,
+        "The median job's steady step time ÷ its size's usual one, per period: 1 is the device's usual"
+        " pace over these jobs, 1.25 a quarter slower. The ETA engine scales every prediction by the"
+        " newest jobs' speed.",
+        x_label="period (UTC)",
+        y_label="speed (time ÷ usual)",
+        y_format=lambda v: f"{v:.2f}",
+        categories=periods,
+        series=[
+            charts.Series(series, [(place[r["period"]], float(r["speed"])) for r in group])
+            for series, group in by_series(rows).items()
+        ],
+    )
 
 
 def _throughput_chart(rows: Sequence[Row], title: str) -> charts.Chart | None:

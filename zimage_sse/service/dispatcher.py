@@ -87,7 +87,8 @@ class Dispatcher:
     def predict(
         self, params: JobParams, *, loaded: bool, warm_up: bool, gpu_util: float | None = None
     ) -> Prediction | None:
-        """The ETA engine's prediction for a job on this device."""
+        """The ETA engine's prediction for a job on this device (in the state it is in now: a cold
+        one has run no size yet)."""
         return self.service.eta.predict(
             self.key,
             params.width,
@@ -96,6 +97,7 @@ class Dispatcher:
             params.steps,
             loaded=loaded,
             warm_up=warm_up,
+            first_of_size=warm_up or not self.runner.ran(params),
             gpu_util=gpu_util,
         )
 

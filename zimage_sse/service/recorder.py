@@ -44,6 +44,7 @@ class Recorder:
             step_s=state.step_s,
             phases=state.phases,
             warm_up=outcome.warm_up if outcome else None,
+            first_of_size=outcome.first_of_size if outcome else None,
             gpu_util_mean=outcome.gpu_util_mean if outcome else None,
             gpu_mem_peak_mb=outcome.gpu_mem_peak_mb if outcome else None,
             eta_points=points,
@@ -62,6 +63,7 @@ class Recorder:
                     step_s=tuple(state.step_s),
                     phases=dict(state.phases),
                     warm_up=bool(outcome.warm_up),
+                    first_of_size=outcome.first_of_size,
                     gpu_util=state.live.gpu_util if state.live else None,
                 )
             )

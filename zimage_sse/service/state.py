@@ -185,5 +185,6 @@ def job_record(row: dict[str, Any]) -> JobRecord:
         step_s=tuple(row["step_s"]),
         phases=row["phases"],
         warm_up=bool(row["warm_up"]),
+        first_of_size=bool(row.get("first_of_size")),
         gpu_util=row["gpu_util_start"],
     )

@@ -1,0 +1,150 @@
+"""How fast a device runs right now, across every size: the speed factor (DESIGN.md "ETA model").
+
+A job's time is its size's shape (the per-size medians and the cost model over them) times the
+device's speed at the moment: 1.0 is its usual pace, 1.25 a quarter slower. The speed changes with
+what else runs there (another tenant on the GPU, a CPU hog, thermal limits) and changes every size at
+once, so one job of any size corrects the prediction for all of them, and the shapes are learned from
+times divided by the speed each job ran at, so a size seen only while the machine was slow is not
+predicted slow forever.
+
+Pure functions over a time-ordered list of (size, seconds); eta.EtaModel applies them to the steady
+step times and reports.py to the history, so the reports show the speed the engine uses.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from .progress import median
+
+# The speed at a past job: the median of the ratios of the jobs this many places either side of it, so
+# a change shows within a couple of jobs and one odd job does not make a period of its own.
+LOCAL_HALF_WIDTH = 2
+# The speed now, when nothing has changed: the median of the newest jobs' ratios (one outlier among
+# them moves it little; a slow ramp is followed about two jobs behind).
+RECENT_JOBS = 5
+# The speed has changed when the newest CHANGE_JOBS jobs or more all lie more than CHANGE (relative) on
+# the same side of that median: then they alone set it. Within a job steps vary by about 1.5 %
+# (shared/data/h200-step-profile.json), jobs of one size on a busy 2-core CPU by a few %: two jobs in a
+# row 8 % off the same way is a change, not noise.
+CHANGE = 0.08
+CHANGE_JOBS = 2
+# Shapes and local speeds are refined in turn this many times (each pass divides by the last one's
+# speeds); two are enough for the shapes to stop moving on the benchmarks' histories.
+PASSES = 2
+
+Size = TypeVar("Size", bound=Hashable)
+
+
+@dataclass(frozen=True)
+class Speeds(Generic[Size]):
+    """What the history says about speed: per job (oldest first) its ratio to its size's shape and
+    the local speed around it; per size its shape (seconds at speed 1.0); and the speed now."""
+
+    ratios: list[float]
+    local: list[float]
+    shape: dict[Size, float]
+    now: float
+
+
+def speeds(jobs: Sequence[tuple[Size, float]]) -> Speeds[Size]:
+    """`jobs`: (size, seconds) per job, oldest first, seconds > 0."""
+    local = [1.0] * len(jobs)
+    ratios: list[float] = []
+    shape: dict[Size, float] = {}
+    for _ in range(PASSES):
+        by_size: dict[Size, list[float]] = {}
+        for (size, seconds), speed in zip(jobs, local, strict=True):
+            by_size.setdefault(size, []).append(seconds / speed)
+        shape = {size: statistics.median(values) for size, values in by_size.items()}
+        ratios = [seconds / shape[size] for size, seconds in jobs]
+        local = [
+            statistics.median(ratios[max(0, i - LOCAL_HALF_WIDTH) : i + LOCAL_HALF_WIDTH + 1])
+            for i in range(len(ratios))
+        ]
+    return Speeds(ratios, local, shape, current(ratios))
+
+
+def current(ratios: Sequence[float]) -> float:
+    """The speed now, from the newest jobs' ratios (oldest first); 1.0 with none."""
+    recent = list(ratios[-RECENT_JOBS:])
+    level = median(recent)
+    if level is None:
+        return 1.0
+    changed: list[float] = []
+    for ratio in reversed(ratios):
+        off = ratio / level - 1.0
+        if abs(off) <= CHANGE or (changed and (off > 0) != (changed[0] / level > 1.0)):
+            break
+        changed.append(ratio)
+    if len(changed) >= CHANGE_JOBS:
+        return median(changed) or level
+    return level
+
+
+# The speed report's columns (reports.py "speed"): per model, device, dtype and period.
+SPEED_COLUMNS = (
+    "model",
+    "device",
+    "dtype",
+    "period",
+    "jobs",
+    "speed",
+    "slowest",
+    "fastest",
+    "eta_mape_at_0_percent",
+    "eta_jobs",
+)
+
+
+def speed_by_period(
+    done: Sequence[Mapping[str, Any]],
+    predictions: Sequence[Mapping[str, Any]],
+    period: Callable[[float], str],
+) -> list[dict[str, Any]]:
+    """Each device's speed per period, next to the ETA's error at 0 % over the same jobs.
+
+    `done`: finished jobs in the order they ended (with `step_s`); `predictions`: the recorded ones
+    (job_id, point, predicted and actual totals). A job's speed is its steady step time ÷ its size's
+    shape, as the ETA engine scales its predictions: 1.0 is the device's usual pace over these jobs,
+    1.25 a quarter slower; so a slow period and the error it caused read side by side.
+    """
+    at_start = {
+        row["job_id"]: abs(float(row["predicted_total_s"]) / float(row["actual_total_s"]) - 1.0)
+        for row in predictions
+        if float(row["point"]) == 0.0 and row["predicted_total_s"] is not None and row["actual_total_s"]
+    }
+    series: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+    for job in done:
+        if not job["warm_up"] and job["step_s"]:
+            key = (str(job["model"]), str(job["device"]), str(job["dtype"] or ""))
+            series.setdefault(key, []).append(job)
+    rows = []
+    for key, jobs in sorted(series.items()):
+        found = speeds(
+            [((j["width"], j["height"], j["num_images"]), _steady_median(j["step_s"])) for j in jobs]
+        )
+        periods: dict[str, list[tuple[float, float | None]]] = {}
+        for job, ratio in zip(jobs, found.ratios, strict=True):
+            periods.setdefault(period(job["finished_at"]), []).append((ratio, at_start.get(job["id"])))
+        for name, values in sorted(periods.items()):
+            ratios = [ratio for ratio, _ in values]
+            errors = [error for _, error in values if error is not None]
+            numbers = (
+                len(values),
+                round(statistics.median(ratios), 3),
+                round(max(ratios), 3),
+                round(min(ratios), 3),
+                round(100 * statistics.fmean(errors), 2) if errors else None,
+                len(errors),
+            )
+            rows.append(dict(zip(SPEED_COLUMNS, (*key, name, *numbers), strict=True)))
+    return rows
+
+
+def _steady_median(step_s: Sequence[float]) -> float:
+    """The median step time without the first step, which carries set-up costs (eta.steady)."""
+    return statistics.median(step_s[1:] or step_s)
