@@ -45,6 +45,9 @@ class FakeRunner:
     def gpu_sample(self) -> GpuSample | None:
         return self.sample
 
+    def ran(self, params: JobParams) -> bool:
+        return True
+
     def thread_started(self) -> None:
         raise AssertionError("the manager's worker thread never starts in these tests")
 

@@ -3,7 +3,9 @@ the data says each term is real (zimage_sse/eta.py fits step, decode and save ti
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import statistics
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,3 +98,39 @@ def _lstsq(
         se_b=float(se[1]) / scale,
         se_c=float(se[2]) / scale**2 if terms == 3 else 0.0,
     )
+
+
+Size = tuple[int, int, int]  # width, height, batch
+
+
+def per_image_curve(
+    per_size: Mapping[Size, float], counts: Mapping[Size, int]
+) -> tuple[Curve | None, dict[int, float]]:
+    """A phase's seconds per image as a curve in pixels (quadratic where that is significant: the VAE
+    decoder's attention grows with the square of the latent), fitted on single images where two sizes
+    of them are known, and for each batch count seen, what a batch costs against as many single images
+    (on 2 CPU cores a batch of two 512² images decodes in 1.5 times one image's time, not 2)."""
+    singles = {size: value for size, value in per_size.items() if size[2] == 1}
+    fit_on = singles if len(singles) >= 2 else per_size
+    curve = fit_curve([(s[0] * s[1], v / s[2], counts.get(s) or 1) for s, v in fit_on.items()])
+    ratios: dict[int, list[float]] = {}
+    if curve is not None and fit_on is singles:
+        for (width, height, batch), value in per_size.items():
+            expected = batch * curve(width * height)
+            if batch > 1 and expected > 0:
+                ratios.setdefault(batch, []).append(value / expected)
+    return curve, {batch: statistics.median(values) for batch, values in ratios.items()}
+
+
+def batch_ratio(ratios: Mapping[int, float], batch: int) -> float:
+    """A batch's cost against as many single images: as learned for this batch count, else for the
+    nearest one learned, else 1."""
+    if batch == 1 or not ratios:
+        return 1.0
+    return ratios[min(ratios, key=lambda known: (abs(known - batch), known))]
+
+
+def nearest(known: Mapping[Size, float], target: int, measure: Callable[[Size], int]) -> Size | None:
+    if not known:
+        return None
+    return min(known, key=lambda s: abs(math.log(measure(s) / target)))

@@ -31,15 +31,15 @@ weight as they accumulate, and scales the rest of the job by what it has learned
 from __future__ import annotations
 
 import functools
-import math
 import statistics
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .curves import Curve, fit_curve
+from .curves import Curve, batch_ratio, fit_curve, per_image_curve
+from .curves import nearest as nearest_size
 from .progress import median as _median
-from .speed import speeds
+from .speed import speeds, spread_over
 
 Key = tuple[str, str, str]  # model, device, dtype
 Size = tuple[int, int, int]  # width, height, batch
@@ -161,6 +161,7 @@ class _Fitted:
     phase_by_size: dict[str, dict[Size, float]]
     step_curve: Curve | None
     phase_curves: dict[str, Curve | None]
+    phase_batch: dict[str, dict[int, float]]  # per phase: a batch of n ÷ n single images, by n
     encode_s: float | None
     load_s: float | None
     warmup_s: float
@@ -263,7 +264,7 @@ class EtaModel:
         width, height, batch = size
         if fitted.step_curve is not None:
             return batch * max(1e-6, fitted.step_curve(tokens(width, height, 1))), "cost-model"
-        nearest = _nearest(fitted.step_by_size, tokens(width, height, 1), lambda s: tokens(s[0], s[1], 1))
+        nearest = nearest_size(fitted.step_by_size, tokens(width, height, 1), lambda s: tokens(s[0], s[1], 1))
         if nearest is None:
             return None, "none"
         return fitted.step_by_size[nearest] * tokens(*size) / tokens(*nearest), "scaled"
@@ -276,8 +277,8 @@ class EtaModel:
         width, height, batch = size
         curve = fitted.phase_curves.get(phase)
         if curve is not None:
-            return batch * max(0.0, curve(width * height))
-        nearest = _nearest(known, width * height, lambda s: s[0] * s[1])
+            return batch * max(0.0, curve(width * height)) * batch_ratio(fitted.phase_batch[phase], batch)
+        nearest = nearest_size(known, width * height, lambda s: s[0] * s[1])
         if nearest is None:
             return fallback
         return known[nearest] * width * height * batch / (nearest[0] * nearest[1] * nearest[2])
@@ -313,7 +314,7 @@ class EtaModel:
         found = speeds(
             [(records[i].size, (records[i].step_median or 0.0) / explained(records[i])) for i in timed]
         )
-        speed_at = _spread(len(records), dict(zip(timed, found.local, strict=True)), found.now)
+        speed_at = spread_over(len(records), dict(zip(timed, found.local, strict=True)), found.now)
         speed_of = {id(record): speed_at[i] for i, record in enumerate(records)}
 
         def normal(record: JobRecord, phase: str) -> float:
@@ -351,12 +352,12 @@ class EtaModel:
             if (value := _median(normal(r, "saving") for r in group if "saving" in r.phases)) is not None
         }
         phase_by_size = {"decoding": decodes, "saving": saves}
-        phase_curves = {
-            phase: fit_curve(
-                [(s[0] * s[1], v / s[2], len(by_size[s])) for s, v in per_size.items()], quadratic=False
+        phase_curves: dict[str, Curve | None] = {}
+        phase_batch: dict[str, dict[int, float]] = {}
+        for phase, per_size in phase_by_size.items():
+            phase_curves[phase], phase_batch[phase] = per_image_curve(
+                per_size, {size: len(group) for size, group in by_size.items()}
             )
-            for phase, per_size in phase_by_size.items()
-        }
         step_curve = fit_curve(
             [(tokens(s[0], s[1], 1), v / s[2], len(by_size.get(s, ())) or 1) for s, v in step_by_size.items()]
         )
@@ -373,6 +374,7 @@ class EtaModel:
             phase_by_size=phase_by_size,
             step_curve=step_curve,
             phase_curves=phase_curves,
+            phase_batch=phase_batch,
             encode_s=_median(normal(r, "encoding") for r in steady_jobs if "encoding" in r.phases)
             or _median(normal(r, "encoding") for r in records if "encoding" in r.phases),
             load_s=_median(r.phases["loading"] for r in records if "loading" in r.phases),
@@ -412,22 +414,3 @@ class EtaModel:
         if len(points) < MIN_LOAD_SAMPLES or max(p[0] for p in points) - min(p[0] for p in points) < 10:
             return None
         return fit_curve(points, quadratic=False)
-
-
-def _spread(count: int, known: Mapping[int, float], default: float) -> list[float]:
-    """A value for each of `count` places from the places in `known`: each place takes the nearest
-    known one before it (the first known one before any); `default` where none is known."""
-    if not known:
-        return [default] * count
-    first = known[min(known)]
-    values, last = [], first
-    for index in range(count):
-        last = known.get(index, last)
-        values.append(last)
-    return values
-
-
-def _nearest(known: Mapping[Size, float], target: int, measure: Callable[[Size], int]) -> Size | None:
-    if not known:
-        return None
-    return min(known, key=lambda s: abs(math.log(measure(s) / target)))

@@ -148,3 +148,16 @@ def speed_by_period(
 def _steady_median(step_s: Sequence[float]) -> float:
     """The median step time without the first step, which carries set-up costs (eta.steady)."""
     return statistics.median(step_s[1:] or step_s)
+
+
+def spread_over(count: int, known: Mapping[int, float], default: float) -> list[float]:
+    """A value for each of `count` places from the places in `known`: each place takes the nearest
+    known one before it (the first known one before any); `default` where none is known."""
+    if not known:
+        return [default] * count
+    first = known[min(known)]
+    values, last = [], first
+    for index in range(count):
+        last = known.get(index, last)
+        values.append(last)
+    return values
