@@ -14,23 +14,27 @@ step times and reports.py to the history, so the reports show the speed the engi
 from __future__ import annotations
 
 import bisect
-import itertools
 import statistics
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+# The speed at a past job: the median of the ratios of the jobs this many places either side of it, so
+# a change shows within a couple of jobs and one odd job does not make a period of its own.
+LOCAL_HALF_WIDTH = 2
 # The speed now, when nothing has changed: the median of the newest jobs' ratios (one outlier among
-# them moves it little; a slow ramp is followed a couple of jobs behind).
+# them moves it little; a slow ramp is followed about two jobs behind).
 RECENT_JOBS = 5
-# The speed has changed when CHANGE_JOBS jobs in a row all lie more than CHANGE (relative) on the same
-# side of the median of the RECENT_JOBS before them: a new period starts at the first of them. Within
-# a job steps vary by about 1.5 % (shared/data/h200-step-profile.json), jobs of one size on a busy
-# 2-core CPU by a few %: two jobs in a row 8 % off the same way is a change, not noise.
+# The speed has changed when the newest CHANGE_JOBS jobs or more all lie more than CHANGE (relative) on
+# the same side of that median: then they alone set it. Within a job steps vary by about 1.5 %
+# (shared/data/h200-step-profile.json), jobs of one size on a busy 2-core CPU by a few %: two jobs in a
+# row 8 % off the same way is a change, not noise.
 CHANGE = 0.08
 CHANGE_JOBS = 2
-# Shapes and speeds are refined in turn this many times (each pass divides by the last one's speeds).
-PASSES = 3
+# Shapes and local speeds are refined in turn this many times (each pass divides by the last one's
+# speeds). More passes do not settle where a load slows sizes unequally (a CPU hog slowed 512² 4×
+# and 1024² 2× here): two keep the shapes near the per-size medians.
+PASSES = 2
 
 Size = TypeVar("Size", bound=Hashable)
 
@@ -38,8 +42,8 @@ Size = TypeVar("Size", bound=Hashable)
 @dataclass(frozen=True)
 class Speeds(Generic[Size]):
     """What the history says about speed: per job (oldest first) its ratio to its size's shape (None
-    for a size run only once: its time is its shape, so it says nothing about speed) and the speed of
-    the period it ran in; per size its shape (seconds at speed 1.0); and the speed now."""
+    for a size run only once: its time is its shape, so it says nothing about speed) and the local
+    speed around it; per size its shape (seconds at speed 1.0); and the speed now."""
 
     ratios: list[float | None]
     local: list[float]
@@ -48,63 +52,57 @@ class Speeds(Generic[Size]):
 
 
 def speeds(jobs: Sequence[tuple[Size, float]]) -> Speeds[Size]:
-    """`jobs`: (size, seconds) per job, oldest first, seconds > 0.
-
-    The history is cut into periods of one speed (`periods`), each job's time is divided by its
-    period's speed to learn the shapes, and the shapes give the ratios again, a few times over: so a
-    size seen only while the machine was slow gets the shape it would have at the usual pace."""
+    """`jobs`: (size, seconds) per job, oldest first, seconds > 0."""
     runs: dict[Size, int] = {}
     for size, _ in jobs:
         runs[size] = runs.get(size, 0) + 1
     local = [1.0] * len(jobs)
     ratios: list[float | None] = []
     shape: dict[Size, float] = {}
-    now = 1.0
     for _ in range(PASSES):
         by_size: dict[Size, list[float]] = {}
         for (size, seconds), speed in zip(jobs, local, strict=True):
             by_size.setdefault(size, []).append(seconds / speed)
         shape = {size: statistics.median(values) for size, values in by_size.items()}
         ratios = [seconds / shape[size] if runs[size] > 1 else None for size, seconds in jobs]
-        local, now = period_speeds(ratios)
-    return Speeds(ratios, local, shape, now)
+        local = local_speeds(ratios)
+    return Speeds(ratios, local, shape, current([r for r in ratios if r is not None]))
 
 
-def period_speeds(ratios: Sequence[float | None]) -> tuple[list[float], float]:
-    """Each job's speed, the median ratio of its period (None ratios take their period's), and the
-    speed now: the median of the newest RECENT_JOBS ratios of the last period."""
+def local_speeds(ratios: Sequence[float | None]) -> list[float]:
+    """Each job's speed: the median of the known ratios within LOCAL_HALF_WIDTH known jobs of it; a
+    job without one (its size ran once) ran as the jobs just before it did."""
     known = [(i, r) for i, r in enumerate(ratios) if r is not None]
     if not known:
-        return [1.0] * len(ratios), 1.0
-    starts = periods([r for _, r in known])
-    bounds = [known[k][0] for k in starts[1:]]  # where each later period starts, in job positions
+        return [1.0] * len(ratios)
+    places = [i for i, _ in known]
     values = [r for _, r in known]
-    edges = [*starts, len(values)]
-    medians = [statistics.median(values[a:b]) for a, b in itertools.pairwise(edges)]
-    local = [medians[bisect.bisect_right(bounds, i)] for i in range(len(ratios))]
-    return local, statistics.median(values[edges[-2] :][-RECENT_JOBS:])
-
-
-def periods(ratios: Sequence[float]) -> list[int]:
-    """Where each period of one speed starts (0 first): at the first of CHANGE_JOBS ratios in a row
-    that all lie more than CHANGE the same way off the median of the RECENT_JOBS before them, in
-    the same period. One odd job is not a period of its own."""
-    starts = [0]
-    for i in range(1, len(ratios)):
-        before = ratios[max(starts[-1], i - RECENT_JOBS) : i]
-        ahead = ratios[i : i + CHANGE_JOBS]
-        if i - starts[-1] < CHANGE_JOBS or len(ahead) < CHANGE_JOBS:
-            continue
-        level = statistics.median(before)
-        offs = [r / level - 1.0 for r in ahead]
-        if all(off > CHANGE for off in offs) or all(off < -CHANGE for off in offs):
-            starts.append(i)
-    return starts
+    local = []
+    for i in range(len(ratios)):
+        at = bisect.bisect_left(places, i)
+        if ratios[i] is None:
+            before = values[max(0, at - LOCAL_HALF_WIDTH - 1) : at] or values[:1]
+            local.append(statistics.median(before))
+        else:
+            local.append(statistics.median(values[max(0, at - LOCAL_HALF_WIDTH) : at + LOCAL_HALF_WIDTH + 1]))
+    return local
 
 
 def current(ratios: Sequence[float]) -> float:
-    """The speed now, from the ratios of the newest jobs (oldest first); 1.0 with none."""
-    return period_speeds(ratios)[1]
+    """The speed now, from the newest jobs' ratios (oldest first); 1.0 with none."""
+    recent = list(ratios[-RECENT_JOBS:])
+    if not recent:
+        return 1.0
+    level = statistics.median(recent)
+    changed: list[float] = []
+    for ratio in reversed(ratios):
+        off = ratio / level - 1.0
+        if abs(off) <= CHANGE or (changed and (off > 0) != (changed[0] / level > 1.0)):
+            break
+        changed.append(ratio)
+    if len(changed) >= CHANGE_JOBS:
+        return statistics.median(changed)
+    return level
 
 
 # The speed report's columns (reports.py "speed"): per model, device, dtype and period.
