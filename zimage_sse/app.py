@@ -18,7 +18,7 @@ from .config import Settings
 from .db import Store
 from .history import Retention
 from .metrics import Metrics
-from .routes import api, auth, history, openapi, ops, pages, reports, streams
+from .routes import a1111, api, auth, history, openai_images, openapi, ops, pages, reports, streams
 from .security import security_middleware
 from .service import JobService
 from .templating import make_templates
@@ -114,6 +114,8 @@ def create_app(settings: Settings) -> Starlette:
         *ops.routes,
         *auth.routes,
         *openapi.routes,
+        *openai_images.routes,
+        *a1111.routes,
         Mount("/static/vendor", app=StaticFiles(directory=VENDOR_DIR, check_dir=False), name="vendor"),
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]

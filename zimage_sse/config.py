@@ -108,6 +108,12 @@ class Settings:
     submit_rate: float = 30.0
     submit_burst: int = 30
     presets: tuple[Preset, ...] = field(default=DEFAULT_PRESETS)
+    # The AUTOMATIC1111 API (/sdapi/v1, routes/a1111.py). Its clients send A1111's defaults, CFG scale 7
+    # and 20–50 steps, where Turbo is distilled for guidance 0 and 8 steps (the model card): cfg_scale is
+    # ignored (guidance stays default_guidance) unless a1111_honour_cfg, and steps are clamped to
+    # 1..a1111_max_steps (and never above max_steps). Both are reported in the answer's `info`.
+    a1111_honour_cfg: bool = False
+    a1111_max_steps: int = 8
 
     def __post_init__(self) -> None:
         if not 0 <= self.cpu_worker_nice <= MAX_NICE:
@@ -115,6 +121,8 @@ class Settings:
                 f"{ENV_PREFIX}CPU_WORKER_NICE={self.cpu_worker_nice}: use 0 (off) to {MAX_NICE};"
                 " a thread may lower its own priority, never raise it"
             )
+        if self.a1111_max_steps < 1:
+            raise ValueError(f"{ENV_PREFIX}A1111_MAX_STEPS={self.a1111_max_steps}: use 1 or more")
 
     @property
     def thumbs_dir(self) -> Path:

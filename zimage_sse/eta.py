@@ -47,9 +47,9 @@ Size = tuple[int, int, int]  # width, height, batch
 ACCURACY_POINTS = (0.0, 0.10, 0.25, 0.50)
 # Jobs of one size (and as many warm-up jobs of it) learned from: the newest ones. The engine refits on
 # the event loop after every job, before the next one starts: over all of 10,000 jobs that took 33-37
-# ms on this project's CPU, 0.3-0.9 ms with this window (one to three sizes); with the speed's periods
+# ms on this project's CPU, 0.3-0.9 ms with this window (one to three sizes); with the speed
 # (speed.py) 6 ms over 300 jobs of three sizes and 20 ms over 1,000 of ten on a slower day of the same
-# machine, where the code before them took 7 and 17 ms. A size's median over 100 jobs of 8 steps is as
+# machine, where the code before it took 7 and 17 ms. A size's median over 100 jobs of 8 steps is as
 # steady as over any more; a change of the device's speed is learned across sizes in two jobs.
 HISTORY_PER_SIZE = 100
 # How many observed steps the prior counts as, by how it was made (a judgement, tuned on the

@@ -46,8 +46,13 @@ class JobParams:
         return cls(**{name: data[name] for name in FIELDS})
 
 
-def validate(data: object, settings: Settings, *, from_form: bool = False) -> JobParams:
-    """Check a request body against the limits in `settings`; raise InvalidRequest listing every problem."""
+def validate(
+    data: object, settings: Settings, *, from_form: bool = False, empty_prompt: bool = False
+) -> JobParams:
+    """Check a request body against the limits in `settings`; raise InvalidRequest listing every problem.
+
+    `empty_prompt`: a missing or blank prompt is allowed (an unconditioned image, as AUTOMATIC1111's API
+    allows); our own API and pages ask for one."""
     if not isinstance(data, Mapping):
         raise InvalidRequest({"body": "must be a JSON object"})
     errors: dict[str, str] = {}
@@ -61,7 +66,14 @@ def validate(data: object, settings: Settings, *, from_form: bool = False) -> Jo
             return None  # an empty form field means "use the default"
         return value
 
-    prompt = _text(get("prompt"), "prompt", settings.max_prompt_chars, errors, required=True)
+    given = get("prompt")
+    prompt = _text(
+        "" if empty_prompt and given is None else given,
+        "prompt",
+        settings.max_prompt_chars,
+        errors,
+        required=not empty_prompt,
+    )
     negative = _text(get("negative_prompt"), "negative_prompt", settings.max_prompt_chars, errors)
     width = _int(
         get("width"), "width", settings.default_width, settings.min_size, settings.max_size, errors, from_form

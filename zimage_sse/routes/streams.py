@@ -119,7 +119,7 @@ class _EventStream(EventSourceResponse):
             logger.warning("dropped an event stream whose client took no data for %s s", self.stalled_after)
 
 
-def _response(request: Request, body: AsyncIterator[ServerSentEvent | bytes]) -> Response:
+def event_stream(request: Request, body: AsyncIterator[ServerSentEvent | bytes]) -> Response:
     settings = settings_of(request)
     return _EventStream(
         body,
@@ -145,7 +145,7 @@ async def job_events(request: Request) -> Response:
             async for event in _events(first, subscription, stop_at_terminal=True):
                 yield wire(event)
 
-    return _response(request, body())
+    return event_stream(request, body())
 
 
 async def all_events(request: Request) -> Response:
@@ -157,7 +157,7 @@ async def all_events(request: Request) -> Response:
             async for event in _events(first, subscription, stop_at_terminal=False):
                 yield wire(event, global_ids=True)
 
-    return _response(request, body())
+    return event_stream(request, body())
 
 
 def _render(request: Request, template: str, **context: Any) -> str:
@@ -186,7 +186,7 @@ async def job_fragments(request: Request) -> Response:
                     return
             # Dropped for falling behind: no `end`, so htmx reconnects and resumes from its last id.
 
-    return _response(request, body())
+    return event_stream(request, body())
 
 
 async def queue_fragments(request: Request) -> Response:
@@ -207,7 +207,7 @@ async def queue_fragments(request: Request) -> Response:
                     continue
                 yield ServerSentEvent(data=render())
 
-    return _response(request, body())
+    return event_stream(request, body())
 
 
 routes = [
