@@ -19,6 +19,8 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from .records import steady
+
 # The speed at a past job: the median of the ratios of the jobs this many places either side of it, so
 # a change shows within a couple of jobs and one odd job does not make a period of its own.
 LOCAL_HALF_WIDTH = 2
@@ -144,8 +146,9 @@ def speed_by_period(
             series.setdefault(key, []).append(job)
     rows = []
     for key, jobs in sorted(series.items()):
+        sizes = [(j["width"], j["height"], j["num_images"]) for j in jobs]
         found = speeds(
-            [((j["width"], j["height"], j["num_images"]), _steady_median(j["step_s"])) for j in jobs]
+            [(size, statistics.median(steady(j["step_s"]))) for size, j in zip(sizes, jobs, strict=True)]
         )
         by_period: dict[str, list[tuple[float, float | None]]] = {}
         for job, ratio, local in zip(jobs, found.ratios, found.local, strict=True):
@@ -165,11 +168,6 @@ def speed_by_period(
             )
             rows.append(dict(zip(SPEED_COLUMNS, (*key, name, *numbers), strict=True)))
     return rows
-
-
-def _steady_median(step_s: Sequence[float]) -> float:
-    """The median step time without the first step, which carries set-up costs (eta.steady)."""
-    return statistics.median(step_s[1:] or step_s)
 
 
 def spread_over(count: int, known: Mapping[int, float], default: float) -> list[float]:

@@ -89,8 +89,7 @@ class Worker:
 
     def unload(self) -> None:
         """Give the device memory back; the next job loads the model again."""
-        self._pipe, self._warm = None, False
-        self._sizes = set()
+        self._pipe, self._warm, self._sizes = None, False, set()
         heap.unfreeze()  # what the model left in reference cycles can be collected again
         self._free_memory()
 
@@ -192,8 +191,7 @@ class Worker:
             self._sync()
             if current[0] is not None:
                 timings[current[0]] = time.perf_counter() - current[1]
-            self._pipe, self._warm, self.load_timings = pipe, False, timings
-            self._sizes = set()
+            self._pipe, self._warm, self._sizes, self.load_timings = pipe, False, set(), timings
             heap.freeze()
         return self._pipe
 
