@@ -173,20 +173,6 @@ class Job:
         return f"{p.width}×{p.height}" + (f" ×{p.num_images}" if p.num_images != 1 else "")
 
 
-async def wait_until_ended(manager: JobService, job_id: str) -> None:
-    """Follow the job's stream, as a client does, until its terminal event."""
-    while True:
-        async with manager.follow(job_id) as (first, subscription):
-            if subscription is None or any(event.terminal for event in first):
-                return
-            async for event in subscription:
-                if event.terminal:
-                    return
-        # The subscription was closed without the terminal event (it overflowed): follow again.
-        if (await manager.get(job_id)).terminal:
-            return
-
-
 async def run_workload(
     jobs: Sequence[JobParams],
     models_dir: Path,
@@ -205,7 +191,8 @@ async def run_workload(
         for number, params in enumerate(jobs, start=1):
             state = await manager.submit(params)
             ids.append(state.id)
-            await wait_until_ended(manager, state.id)
+            async for _event in manager.until_end(state.id):  # as a client follows the stream
+                pass
             ended = await manager.get(state.id)
             elapsed = ended.elapsed_s()
             say(
