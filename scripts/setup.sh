@@ -52,14 +52,23 @@ if [ ! -f node_modules/htmx.org/dist/ext/hx-sse.js ] || [ package-lock.json -nt 
     echo "setup: installing htmx from the npm registry"
     npm ci --no-audit --no-fund --silent
 fi
+# Debian packages the tests need: installed with apt-get as root, else named for whoever can.
+apt_install() {  # PACKAGE WHAT-FOR WHAT-IS-MISSING
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing $1 for $2"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
+    else
+        echo "setup: $2 need $3 (Debian: sudo apt-get install $1)" >&2
+    fi
+}
 # The browser tests drive Debian's Chromium with Playwright (Playwright cannot download browsers here).
 if [[ "$EXTRAS" == *test* ]] && [ ! -x /usr/bin/chromium ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "setup: installing Chromium for the browser tests"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-    else
-        echo "setup: the browser tests need Chromium at /usr/bin/chromium (Debian: sudo apt-get install chromium)" >&2
-    fi
+    apt_install chromium "the browser tests" "Chromium at /usr/bin/chromium"
+fi
+# The PostgreSQL store's tests start a real server of Debian's (tests/postgres.py); only its programs
+# are needed: the tests make a throwaway cluster of their own.
+if [[ "$EXTRAS" == *test* ]] && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+    apt_install postgresql "the store tests" "PostgreSQL's programs"
 fi
 echo "setup: done"

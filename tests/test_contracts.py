@@ -1,21 +1,23 @@
-"""The embedded backends against the interface contracts in tests/contract/ (the PostgreSQL and Redis
-backends subclass the same classes)."""
+"""The backends against the interface contracts in tests/contract/: the embedded ones, and the
+PostgreSQL store on a real server (the Redis bus will subclass the same classes)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import sqlite3
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from zimage_sse.broadcaster import Broadcaster
-from zimage_sse.db import Store
+from zimage_sse.db import JobStore, Store
+from zimage_sse.db.postgres import PgStore
 from zimage_sse.service.bus import MemoryBus
 from zimage_sse.service.queue import MemoryQueue
 
 from .contract.bus import BusContract
 from .contract.queue import QueueContract
-from .contract.store import StoreContract
+from .contract.store import Opener, StoreContract
 
 
 class TestMemoryQueue(QueueContract):
@@ -31,8 +33,24 @@ class TestMemoryBus(BusContract):
 
 
 class TestSqliteStore(StoreContract):
+    IntegrityError = sqlite3.IntegrityError
+
     @pytest.fixture
-    async def store(self, tmp_path: Path) -> AsyncIterator[Store]:
-        store = await Store.open(tmp_path / "contract.db")
-        yield store
-        await store.close()
+    def opener(self, tmp_path: Path) -> Opener:
+        async def open_store() -> JobStore:
+            return await Store.open(tmp_path / "contract.db")
+
+        return open_store
+
+
+class TestPostgresStore(StoreContract):
+    """The same contract on a real PostgreSQL server (tests/postgres.py), a new database each test."""
+
+    IntegrityError = psycopg.IntegrityError
+
+    @pytest.fixture
+    def opener(self, postgres_url: str) -> Opener:
+        async def open_store() -> JobStore:
+            return await PgStore.open(postgres_url)
+
+        return open_store

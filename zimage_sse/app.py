@@ -15,7 +15,7 @@ from starlette.staticfiles import StaticFiles
 from . import images
 from .broadcaster import Broadcaster
 from .config import Settings
-from .db import Store
+from .db import open_store
 from .history import Retention
 from .metrics import Metrics
 from .routes import a1111, api, auth, history, openai_images, openapi, ops, pages, reports, streams
@@ -53,7 +53,8 @@ def create_app(settings: Settings) -> Starlette:
         settings.images_dir.mkdir(parents=True, exist_ok=True)
         for name in images.remove_partials(settings.images_dir):
             logger.warning("removed %s, left half-written when the server last stopped", name)
-        store = await Store.open(settings.db_path)
+        # A store that cannot be opened stops the start (exit 3) with a message naming it.
+        store = await open_store(settings.store or settings.db_path)
         devices = resolve_devices(settings.device)
         cores = cpu_shares([d for d in devices if d.startswith("cpu")], settings.cpu_threads)
         workers = [

@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--dtype", help="auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16, float16")
     serve.add_argument("--data-dir", type=Path, help="database, images and built models (default ./data)")
     serve.add_argument(
+        "--store",
+        help="the job history: a postgresql://user@host/db URL; default: the SQLite file in DATA_DIR",
+    )
+    serve.add_argument(
         "--models-dir", type=Path, help="where embedded models are built (default DATA_DIR/models)"
     )
     serve.add_argument(
@@ -158,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=args.device,
             dtype=args.dtype,
             data_dir=args.data_dir,
+            store=args.store,
             preload=args.preload,
             unload_after=args.unload_after,
             models_dir=args.models_dir,
@@ -172,11 +177,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DeviceError as exc:
         print(f"zimage-sse: --device {settings.device}: {exc}", file=sys.stderr)
         return 2
+    if settings.store:
+        problem = check_store(settings.store)
+        if problem is not None:  # one line naming it, not a traceback from inside the server's start
+            print(f"zimage-sse: --store: {problem}", file=sys.stderr)
+            return 3
     from .app import create_app
     from .serving import serve
 
     # 3 when it never started, as uvicorn.run exits (STARTUP_FAILURE).
     return 0 if serve(create_app(settings), settings, args.log_level) else 3
+
+
+def check_store(location: str) -> str | None:
+    """Why the store `location` names cannot be opened (with its migrations applied), or None."""
+    import asyncio
+
+    from .db import StoreUnavailable, open_store
+
+    async def check() -> None:
+        store = await open_store(location)
+        await store.close()
+
+    try:
+        asyncio.run(check())
+    except StoreUnavailable as exc:
+        return str(exc)
+    return None
 
 
 if __name__ == "__main__":

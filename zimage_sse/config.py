@@ -44,6 +44,9 @@ class Settings:
     device: str = "auto"
     dtype: str = "auto"  # auto → bfloat16 on cuda, float32 on cpu
     data_dir: Path = Path("data")
+    # The job history: empty for the SQLite file in data_dir, or a postgresql://user@host/db URL
+    # (zimage_sse/db/postgres.py). Images stay under data_dir either way.
+    store: str = ""
     # Where the embedded models are built; default: <data_dir>/models.
     models_dir: Path | None = None
     default_steps: int = 8

@@ -27,7 +27,7 @@ from typing import Any
 from PIL import Image
 
 from .config import Settings
-from .db import Store
+from .db import JobStore
 from .events import PHASES, STATUSES
 from .params import validate
 from .service import JobService, JobState
@@ -234,7 +234,7 @@ def _sizes(images_dir: Path, jobs: Sequence[Mapping[str, Any]]) -> dict[str, int
 
 
 async def prune(
-    store: Store,
+    store: JobStore,
     settings: Settings,
     *,
     now: float,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from .db import ReportFilter, Store
+from .db import JobStore, ReportFilter
 from .estimate import accuracy_report
 from .eta import ACCURACY_POINTS, EtaModel, Key, size_label, steady, tokens
 from .params import InvalidRequest
@@ -124,7 +124,7 @@ class Table:
 Report = dict[str, Table]
 
 
-async def build(store: Store, filters: Filters) -> Report:
+async def build(store: JobStore, filters: Filters) -> Report:
     """Every report over the jobs (and model loads) the filters select."""
     scope = filters.store_filter()
     jobs = await store.report_jobs(scope)
@@ -146,7 +146,7 @@ async def build(store: Store, filters: Filters) -> Report:
     return {table.name: table for table in tables}
 
 
-async def choices(store: Store) -> dict[str, list[str]]:
+async def choices(store: JobStore) -> dict[str, list[str]]:
     """The models and devices that have run jobs, to offer in the filter form."""
     pairs = await store.report_model_devices()
     return {

@@ -1,14 +1,12 @@
-"""The report queries of the store (zimage_sse/reports.py makes the tables from their rows), and the
-one way every query reads rows."""
+"""The report queries of the store (zimage_sse/reports.py makes the tables from their rows), written
+once for every backend (the SQL dialect SQLite and PostgreSQL share, `?` placeholders)."""
 
 from __future__ import annotations
 
-import json
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import aiosqlite
 
 
 @dataclass(frozen=True)
@@ -23,8 +21,9 @@ class ReportFilter:
 
 
 def report_where(scope: ReportFilter, time_column: str, alias: str = "") -> tuple[str, list[Any]]:
-    """SQL conditions (joined with AND, "1" when none) and their parameters."""
-    conditions, params = ["1"], list[Any]()
+    """SQL conditions (joined with AND, "1 = 1" when none: PostgreSQL wants a boolean) and their
+    parameters."""
+    conditions, params = ["1 = 1"], list[Any]()
     for column, value in (("model", scope.model), ("device", scope.device)):
         if value is not None:
             conditions.append(f"{alias}{column} = ?")
@@ -54,10 +53,12 @@ def phases_by_job(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, floa
     return phases
 
 
-class ReportQueries:
-    """What the reports read, each in scope of a ReportFilter; part of `Store`."""
+class ReportQueries(ABC):
+    """What the reports read, each in scope of a ReportFilter; part of every JobStore."""
 
-    _conn: aiosqlite.Connection
+    @abstractmethod
+    async def _select(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        """Rows of one read, as dicts (a JSON `images` column decoded)."""
 
     async def report_jobs(self, scope: ReportFilter) -> list[dict[str, Any]]:
         """Ended jobs (done, failed, cancelled) that ended in scope, with their size and GPU readings,
@@ -84,7 +85,7 @@ class ReportQueries:
         )
         phases = await self._select(
             "SELECT p.job_id, p.phase, p.seconds FROM phase_timings p JOIN jobs j ON j.id = p.job_id"
-            f" WHERE j.status = 'done' AND {where}",
+            f" WHERE j.status = 'done' AND {where} ORDER BY p.job_id, p.phase",
             params,
         )
         return steps_by_job(steps), phases_by_job(phases)
@@ -94,7 +95,8 @@ class ReportQueries:
         device, dtype, component, seconds."""
         where, params = report_where(scope, "loaded_at")
         return await self._select(
-            f"SELECT load_id, model, device, dtype, component, seconds FROM model_loads WHERE {where}",
+            "SELECT load_id, model, device, dtype, component, seconds FROM model_loads"
+            f" WHERE {where} ORDER BY load_id, component",
             params,
         )
 
@@ -115,14 +117,3 @@ class ReportQueries:
             "SELECT DISTINCT model, device FROM jobs WHERE device IS NOT NULL ORDER BY model, device", ()
         )
         return [(str(r["model"]), str(r["device"])) for r in rows]
-
-    async def _select(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
-        async with self._conn.execute(sql, params) as cursor:
-            rows = await cursor.fetchall()
-        result = []
-        for row in rows:
-            record = dict(row)
-            if "images" in record:
-                record["images"] = json.loads(record["images"])
-            result.append(record)
-        return result

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..broadcaster import Broadcaster
-from ..db import Store
+from ..db import JobStore
 from ..eta import EtaModel, Key
 from ..events import Event
 from ..messages import Outcome
@@ -43,7 +43,7 @@ SHUTDOWN = "shutdown"  # the last event of every stream when the server stops (R
 class JobService(Following, Planning):
     def __init__(
         self,
-        store: Store,
+        store: JobStore,
         runners: Runner | Sequence[Runner],
         broadcaster: Broadcaster,
         *,

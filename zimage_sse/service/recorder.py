@@ -6,7 +6,7 @@ import logging
 import secrets
 import time
 
-from ..db import Store
+from ..db import JobStore
 from ..estimate import accuracy_points
 from ..eta import EtaModel, JobRecord, Key
 from ..messages import Outcome
@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 
 class Recorder:
-    def __init__(self, store: Store, eta: EtaModel) -> None:
+    def __init__(self, store: JobStore, eta: EtaModel) -> None:
         self._store = store
         self._eta = eta
 
