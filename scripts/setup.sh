@@ -3,8 +3,8 @@
 # Python package at the version requirements.lock (or, for `setup.sh test`, requirements-test.lock)
 # pins, torch (a CUDA build where an NVIDIA GPU answers, a CPU build elsewhere), the package itself,
 # and htmx 4 with its SSE extension from the npm registry into node_modules/ (git-ignored, served
-# under /static/vendor) as package-lock.json pins it. Safe to run again: it only installs what is
-# missing or out of date.
+# under /static/vendor; with `test`, axe-core too) as package-lock.json pins it. Safe to run again: it
+# only installs what is missing or out of date.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,9 +48,16 @@ echo "setup: installing zimage-sse${EXTRAS:+ [$EXTRAS]}"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e ".${EXTRAS:+[$EXTRAS]}"
 "${PIP[@]}" check
 
-if [ ! -f node_modules/htmx.org/dist/ext/hx-sse.js ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-    echo "setup: installing htmx from the npm registry"
-    npm ci --no-audit --no-fund --silent
+# The tests also need axe-core (a development dependency in package.json); serving needs only htmx.
+if [[ "$EXTRAS" == *test* ]]; then
+    NPM_OMIT=(); NPM_NEEDS=node_modules/axe-core/axe.min.js; NPM_WHAT="htmx and axe-core"
+else
+    NPM_OMIT=(--omit=dev); NPM_NEEDS=node_modules/htmx.org/dist/ext/hx-sse.js; NPM_WHAT="htmx"
+fi
+if [ ! -f node_modules/htmx.org/dist/ext/hx-sse.js ] || [ ! -f "$NPM_NEEDS" ] \
+    || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+    echo "setup: installing $NPM_WHAT from the npm registry"
+    npm ci --no-audit --no-fund --silent "${NPM_OMIT[@]}"
 fi
 # Debian packages the tests need: installed with apt-get as root, else named for whoever can.
 apt_install() {  # PACKAGE WHAT-FOR WHAT-IS-MISSING

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Dialog, Page
+from playwright.sync_api import Browser, Page
 
+from .browsing import SHOTS, Problems, watched_tab
 from .conftest import Server, follow, start_server, submit
-
-SHOTS = Path(__file__).resolve().parent.parent / "test-output" / "screenshots"
 
 # Records every state the job panel shows, from first paint on, so the test sees each SSE swap.
 RECORD_PANEL = """
@@ -45,24 +43,6 @@ def web(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[
     srv.stop()
 
 
-@dataclass
-class Problems:
-    """What a user never sees but a broken page reports: console errors (Content-Security-Policy
-    violations among them), uncaught exceptions, and dialogs such as an injected alert()."""
-
-    console: list[str] = field(default_factory=list)
-    dialogs: list[str] = field(default_factory=list)
-
-    def watch(self, tab: Page) -> None:
-        tab.on("console", lambda m: self.console.append(m.text) if m.type == "error" else None)
-        tab.on("pageerror", lambda error: self.console.append(f"uncaught: {error}"))
-        tab.on("dialog", self._dialog)
-
-    def _dialog(self, dialog: Dialog) -> None:
-        self.dialogs.append(f"{dialog.type}: {dialog.message}")
-        dialog.dismiss()
-
-
 @pytest.fixture
 def problems() -> Problems:
     return Problems()
@@ -71,14 +51,8 @@ def problems() -> Problems:
 @pytest.fixture
 def page(browser: Browser, problems: Problems) -> Iterator[Page]:
     """A tab that records every job-panel state; no test may leave a console error or a dialog."""
-    context = browser.new_context(viewport={"width": 1100, "height": 900})
-    context.add_init_script(RECORD_PANEL)
-    tab = context.new_page()
-    problems.watch(tab)
-    yield tab
-    context.close()
-    assert problems.console == [], f"console errors: {problems.console}"
-    assert problems.dialogs == [], f"dialogs opened: {problems.dialogs}"
+    with watched_tab(browser, problems, init_script=RECORD_PANEL) as tab:
+        yield tab
 
 
 def wait_for_panel(page: Page, status: str, min_step: int = 0, timeout_ms: int = 90_000) -> None:
@@ -256,7 +230,7 @@ def test_html_in_a_prompt_is_text_on_every_page(web: Server, page: Page, problem
 
     page.goto(web.url + "/")
     assert_inert()
-    assert page.locator(f".recent {links}").get_attribute("title") == HOSTILE_PROMPT
+    assert page.locator(f".recent {links}.card-image").get_attribute("title") == HOSTILE_PROMPT
 
     page.goto(f"{web.url}/jobs/{job['id']}")
     assert_inert()

@@ -69,7 +69,7 @@ def test_paging_search_and_filters(make_server: Callable[..., Server]) -> None:
         assert set(bad.json()["errors"]) == {"size", "status"}
 
         # The page: newest first, two a page, the filter kept on every pager link.
-        first = client.get("/history", params={"per_page": "2"})
+        first = client.get("/history", params={"per_page": "2", "view": "table"})
         assert page_prompts(first.text) == newest_first[:2]
         text = Page(first.text).text
         assert "5 jobs · page 1 of 3" in text
@@ -82,15 +82,19 @@ def test_paging_search_and_filters(make_server: Callable[..., Server]) -> None:
         newer = Page(second.text).find("a", rel="prev")[0]["href"]
         assert page_prompts(client.get(newer).text) == newest_first[:2]
 
-        filtered = client.get("/history", params={"q": "cotton", "per_page": "2"})
+        filtered = client.get("/history", params={"q": "cotton", "per_page": "2", "view": "table"})
         assert page_prompts(filtered.text) == ["blue cotton field", "100 cotton shirt"]
         assert "3 jobs match · page 1 of 2" in Page(filtered.text).text
         next_href = Page(filtered.text).find("a", rel="next")[0]["href"]
         assert "q=cotton" in next_href and "per_page=2" in next_href
         assert page_prompts(client.get(next_href).text) == ["100% cotton shirt"]
-        assert page_prompts(client.get("/history", params={"q": "100%"}).text) == ["100% cotton shirt"]
-        assert page_prompts(client.get("/history", params={"status": "failed"}).text) == ["fails: 72 wide"]
-        sized = client.get("/history", params={"size": "320x160"})
+        assert page_prompts(client.get("/history", params={"q": "100%", "view": "table"}).text) == [
+            "100% cotton shirt"
+        ]
+        assert page_prompts(client.get("/history", params={"status": "failed", "view": "table"}).text) == [
+            "fails: 72 wide"
+        ]
+        sized = client.get("/history", params={"size": "320x160", "view": "table"})
         assert page_prompts(sized.text) == ["snake_case river"]
         form = Page(sized.text)
         assert form.find("option", value="320x160", selected="")
@@ -99,7 +103,7 @@ def test_paging_search_and_filters(make_server: Callable[..., Server]) -> None:
 
         # Thumbnails: small JPEGs made from the images; failed jobs have none.
         row = history_row(
-            client.get("/history").text,
+            client.get("/history", params={"view": "table"}).text,
             client.get("/api/jobs", params={"q": "river"}).json()["jobs"][0]["id"],
         )
         thumb = Page(row[""]).find("img")[0]["src"]
@@ -264,10 +268,11 @@ def test_retention_by_age_and_size_keeps_timings(
                 page = client.get(f"/jobs/{job_id}").text
                 assert "Image removed by retention" in Page(page).text
                 assert 'data-step="2"' in page  # the per-step times are still there
-                assert (
-                    "image removed by retention"
-                    in Page(history_row(client.get("/history").text, job_id)[""]).text
-                )
+                table = client.get("/history", params={"view": "table"}).text
+                assert "image removed by retention" in Page(history_row(table, job_id)[""]).text
+                # The gallery (the default view) has a card for it, without an image, saying why.
+                card = client.get("/history").text.split(f'data-job="{job_id}"', 1)[1].split("</li>", 1)[0]
+                assert "Image removed by retention" in Page(card).text and "<img" not in card
             assert client.get(f"/api/jobs/{ids[4]}").json()["pruned_at"] is None
     finally:
         again.stop()

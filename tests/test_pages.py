@@ -178,7 +178,7 @@ def test_history_lists_done_and_failed_jobs(server: Server, make_server: Callabl
         job = submit(client, prompt="history: a quiet harbour", seed=31337, steps=3)
         follow(client, job["id"])
         assert client.get(f"/api/jobs/{job['id']}").json()["status"] == "done"
-        response = client.get("/history")
+        response = client.get("/history", params={"view": "table"})
         assert response.status_code == 200
         row = history_row(response.text, job["id"])
     assert Page(row[""]).find("img", src=f"/thumbs/{job['id']}-0.jpg")
@@ -194,7 +194,7 @@ def test_history_lists_done_and_failed_jobs(server: Server, make_server: Callabl
         job = submit(client, prompt="history: too wide", width=264)
         follow(client, job["id"])
         assert client.get(f"/api/jobs/{job['id']}").json()["status"] == "failed"
-        row = history_row(client.get("/history").text, job["id"])
+        row = history_row(client.get("/history", params={"view": "table"}).text, job["id"])
         status = Page(row["Status"]).text
         assert status.startswith("failed")
         assert "264" in status and "16" in status, status

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from zimage_sse.progress import UNKNOWN, duration, median, percent
+from zimage_sse.progress import UNKNOWN, duration, median, percent, tab_title
 
 
 def test_percent_is_elapsed_over_elapsed_plus_remaining() -> None:
@@ -58,3 +58,25 @@ def test_median_passes_over_missing_and_non_finite_values() -> None:
     assert median([1.0, 2.0]) == 1.5
     assert median([]) is None
     assert median([None, math.nan]) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "percent_", "eta", "position", "title"),
+    [
+        ("running", 42.4, 3.04, None, "[42%] 3.0 s left"),
+        ("running", 5, None, None, "[5%] ETA unknown"),
+        ("queued", 0, 20.0, 2, "Queued (2)"),
+        ("done", 100, 0.0, None, "Done · a fox"),
+        ("failed", 30, None, None, "Failed · a fox"),
+        ("cancelled", 30, None, None, "Cancelled · a fox"),
+    ],
+)
+def test_tab_title_says_the_state_a_person_waits_on(
+    status: str, percent_: float, eta: float | None, position: int | None, title: str
+) -> None:
+    assert tab_title(status, percent_, eta, position, "a fox") == title
+
+
+def test_tab_title_shortens_a_long_prompt() -> None:
+    title = tab_title("done", 100, 0.0, None, "a" * 100)
+    assert title == "Done · " + "a" * 39 + "…"

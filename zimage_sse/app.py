@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -12,13 +13,14 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from . import images
+from . import frames, images
 from .broadcaster import Broadcaster
 from .config import Settings
 from .db import open_store
 from .history import Retention
 from .metrics import Metrics
-from .routes import a1111, api, auth, history, openai_images, openapi, ops, pages, reports, streams
+from .routes import a1111, api, auth, estimate, history, openai_images, openapi, ops, pages, reports, streams
+from .routes import frames as frame_routes
 from .security import security_middleware
 from .service import JobService
 from .templating import make_templates
@@ -53,6 +55,11 @@ def create_app(settings: Settings) -> Starlette:
         settings.images_dir.mkdir(parents=True, exist_ok=True)
         for name in images.remove_partials(settings.images_dir):
             logger.warning("removed %s, left half-written when the server last stopped", name)
+        for name in frames.remove_partials(settings.frames_dir):
+            logger.warning("removed frames/%s, left half-written when the server last stopped", name)
+        kept = frames.Frames(
+            settings.frames_dir, max_count=settings.frames_max, max_bytes=settings.frames_max_bytes
+        )
         # A store that cannot be opened stops the start (exit 3) with a message naming it.
         store = await open_store(settings.store or settings.db_path)
         devices = resolve_devices(settings.device)
@@ -78,6 +85,7 @@ def create_app(settings: Settings) -> Starlette:
             replay_events=settings.replay_events,
             unload_after=settings.unload_after,
             max_queue=settings.max_queue,
+            frames=kept if settings.frames_max > 0 else None,
         )
         await manager.start()
         if settings.preload:
@@ -100,6 +108,7 @@ def create_app(settings: Settings) -> Starlette:
             await retention.stop()
             await metrics.stop()
             await manager.stop()
+            await asyncio.to_thread(kept.close)
             await store.close()
 
     if not (VENDOR_DIR / "htmx.min.js").exists():
@@ -109,8 +118,10 @@ def create_app(settings: Settings) -> Starlette:
     routes = [
         *pages.routes,
         *history.routes,
+        *frame_routes.routes,
         *reports.routes,
         *api.routes,
+        *estimate.routes,
         *streams.routes,
         *ops.routes,
         *auth.routes,

@@ -86,6 +86,11 @@ class Settings:
     # On SIGTERM the running job may finish for this many seconds; then it is stopped at its next step
     # and queued again, to run first after the restart (README "Restarts and shutdown").
     shutdown_grace: float = 10.0
+    # The denoising as an animation (zimage_sse/frames.py): a job keeps at most this many of its
+    # previews (evenly spaced, always the last; 0: none, so no animation) and at most this many bytes of
+    # them (0: no limit). A 1024² job's preview is a 128² JPEG of about 5 kB, so 64 take about 0.3 MB.
+    frames_max: int = 64
+    frames_max_bytes: int = 2_000_000
     # Retention (zimage_sse/history.py): remove the images of ended jobs created more than this many days
     # ago (0: keep forever) and of the oldest jobs beyond this many GB (10^9 bytes) of images (0: no limit).
     retention_days: float = 0.0
@@ -124,12 +129,19 @@ class Settings:
                 f"{ENV_PREFIX}CPU_WORKER_NICE={self.cpu_worker_nice}: use 0 (off) to {MAX_NICE};"
                 " a thread may lower its own priority, never raise it"
             )
+        for name in ("frames_max", "frames_max_bytes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{ENV_PREFIX}{name.upper()}={getattr(self, name)}: use 0 or more")
         if self.a1111_max_steps < 1:
             raise ValueError(f"{ENV_PREFIX}A1111_MAX_STEPS={self.a1111_max_steps}: use 1 or more")
 
     @property
     def thumbs_dir(self) -> Path:
         return self.data_dir / "thumbs"
+
+    @property
+    def frames_dir(self) -> Path:
+        return self.data_dir / "frames"
 
     @property
     def db_path(self) -> Path:

@@ -1,11 +1,12 @@
 """History: filtering past jobs, running one again, deleting one, thumbnails, and retention.
 
 Retention only ever touches ended jobs (done, failed, cancelled). By default it removes a pruned
-job's image files (and thumbnails) but keeps its row and its step, phase and ETA timings, marked
-`pruned_at`: the reports and the ETA go on learning from it, and pages say "image removed by
-retention". With `retention_keep_timings` off it deletes those jobs' rows and timings too. Files go
-first and the row changes after, so a crash in between leaves a job that the next run prunes again
-rather than a row whose files are gone unnoticed.
+job's image files (with thumbnails, kept previews and animation: zimage_sse/frames.py) but keeps
+its row and its step, phase and ETA timings, marked `pruned_at`: the reports and the ETA go on
+learning from it, and pages say "image removed by retention". With `retention_keep_timings` off it
+deletes those jobs' rows and timings too. Files go first and the row changes after, so a crash in
+between leaves a job that the next run prunes again rather than a row whose files are gone
+unnoticed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 
 from PIL import Image
 
+from . import frames
 from .config import Settings
 from .db import JobStore
 from .events import PHASES, STATUSES
@@ -94,11 +96,13 @@ async def run_again(manager: JobService, settings: Settings, job_id: str, *, var
 
 
 async def delete_job(manager: JobService, settings: Settings, job_id: str) -> None:
-    """Delete an ended job: its image files, thumbnails, row and timings. Raises JobActive for a live one."""
+    """Delete an ended job: its image files, thumbnails, kept previews (and their animation), row and
+    timings. Raises JobActive for a live one."""
     state = await manager.get(job_id)
     if not state.terminal:
         raise JobActive(job_id)
     await asyncio.to_thread(remove_files, settings, state.images)
+    await asyncio.to_thread(frames.remove, settings.frames_dir, [job_id])
     await manager.store.delete_jobs([job_id])
     manager.forget([job_id])
     logger.info("deleted", extra={"job_id": job_id})
@@ -222,13 +226,14 @@ def choose(
     return prune, delete
 
 
-def _sizes(images_dir: Path, jobs: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+def _sizes(settings: Settings, jobs: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Bytes per job: its images, and its kept previews with their animation (they go together)."""
     sizes = {}
     for job in jobs:
-        total = 0
+        total = frames.size(settings.frames_dir, job["id"]) if job["images"] else 0
         for name in job["images"]:
             with suppress(FileNotFoundError):
-                total += (images_dir / name).stat().st_size
+                total += (settings.images_dir / name).stat().st_size
         sizes[job["id"]] = total
     return sizes
 
@@ -250,7 +255,7 @@ async def prune(
     if days <= 0 and gb <= 0:
         return result
     jobs = await store.ended_jobs()
-    sizes = await asyncio.to_thread(_sizes, settings.images_dir, jobs)
+    sizes = await asyncio.to_thread(_sizes, settings, jobs)
     result.pruned, result.deleted = choose(
         jobs,
         sizes,
@@ -261,6 +266,8 @@ async def prune(
     images = {job["id"]: job["images"] for job in jobs}
     doomed = [name for job_id in result.pruned + result.deleted for name in images[job_id]]
     result.bytes_freed = await asyncio.to_thread(remove_files, settings, doomed)
+    gone = result.pruned + result.deleted
+    result.bytes_freed += await asyncio.to_thread(frames.remove, settings.frames_dir, gone)
     if result.pruned:
         await store.mark_pruned(result.pruned, now)
     if result.deleted:

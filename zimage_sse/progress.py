@@ -52,6 +52,24 @@ def duration(seconds: float | None, *, compact: bool = False) -> str:
     return f"{hours}{space}h{space}{minutes:02d}{minute}"
 
 
+ENDINGS = {"done": "Done", "failed": "Failed", "cancelled": "Cancelled"}
+TITLE_PROMPT_CHARS = 40
+
+
+def tab_title(status: str, percent: float, eta_s: float | None, position: int | None, prompt: str) -> str:
+    """What a job's browser tab says, before " · zimage-sse": "[42%] 3.0 s left" while it runs,
+    "Queued (2)" while it waits, "Done · <prompt>" at the end, so a person in another tab sees it.
+
+    A running job whose ETA is not known yet says so rather than show a number."""
+    if status in ENDINGS:
+        short = prompt if len(prompt) <= TITLE_PROMPT_CHARS else prompt[: TITLE_PROMPT_CHARS - 1] + "…"
+        return f"{ENDINGS[status]} · {short}" if short else ENDINGS[status]
+    if status == "queued":
+        return f"Queued ({position})" if position else "Queued"
+    left = "ETA unknown" if eta_s is None else f"{duration(eta_s)} left"
+    return f"[{percent:.0f}%] {left}"
+
+
 def median(values: Iterable[float | None]) -> float | None:
     """The median of the finite values given; None (unknown) when there are none.
 

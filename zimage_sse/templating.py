@@ -11,10 +11,16 @@ from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
 from .config import EMBEDDED_MODELS
-from .progress import duration
+from .progress import duration, tab_title
 from .reports import seconds_text
+from .sizes import aspect_choices
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+
+
+def job_title(job: dict[str, Any]) -> str:
+    """progress.tab_title of a job snapshot (JobState.snapshot)."""
+    return tab_title(job["status"], job["percent"], job["eta_s"], job["position"], job["params"]["prompt"])
 
 
 def timestamp(seconds: float | None) -> str:
@@ -33,6 +39,8 @@ def make_templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=TEMPLATES_DIR, context_processors=[_base_context])
     templates.env.filters["duration"] = duration
     templates.env.filters["timestamp"] = timestamp
+    templates.env.filters["job_title"] = job_title
+    templates.env.globals["aspect_choices"] = aspect_choices
     templates.env.filters["seconds"] = seconds_text
     templates.env.autoescape = True
     return templates

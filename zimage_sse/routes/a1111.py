@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .. import __version__
+from .. import __version__, sizes
 from ..answers import queue_full_answer
 from ..config import Settings
 from ..images import a1111_parameters
@@ -56,14 +56,6 @@ def _whole(body: dict[str, Any], name: str, errors: dict[str, str]) -> int | Non
     return value
 
 
-def _fit(value: int, settings: Settings) -> int:
-    """The nearest multiple of size_multiple (halves up), within min_size..max_size."""
-    step = settings.size_multiple
-    low = -(-settings.min_size // step) * step
-    high = settings.max_size // step * step
-    return min(high, max(low, (value + step // 2) // step * step))
-
-
 def translate(body: dict[str, Any], settings: Settings) -> tuple[JobParams, dict[str, Any]]:
     """The job an A1111 txt2img body asks for, through params.validate, and what was asked of each
     setting the policy changes. Raises InvalidRequest with A1111's field names."""
@@ -86,8 +78,8 @@ def translate(body: dict[str, Any], settings: Settings) -> tuple[JobParams, dict
         "prompt": body.get("prompt"),
         "negative_prompt": body.get("negative_prompt"),
         "steps": min(max(1, steps), settings.a1111_max_steps, settings.max_steps),
-        "width": None if asked["width"] is None else _fit(asked["width"], settings),
-        "height": None if asked["height"] is None else _fit(asked["height"], settings),
+        "width": None if asked["width"] is None else sizes.fit(asked["width"], settings),
+        "height": None if asked["height"] is None else sizes.fit(asked["height"], settings),
         # -1 (A1111's "random") and null: a random seed, recorded like any other.
         "seed": None if asked["seed"] == -1 else asked["seed"],
         "guidance": cfg if settings.a1111_honour_cfg else None,

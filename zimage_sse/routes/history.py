@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+from typing import Any
 from urllib.parse import urlencode
 
+from markupsafe import Markup, escape
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -15,13 +17,14 @@ from starlette.routing import Route
 
 from .. import history, repro
 from ..events import STATUSES
-from ..images import JOB_ID
+from ..images import JOB_ID, a1111_parameters
 from ..params import InvalidRequest
 from ..service import JobState
 from ..templating import render
 from .api import job_id_of, json_body, manager_of, settings_of, whole_number
 
 THUMB_NAME_SUFFIX = ".jpg"
+VIEWS = ("grid", "table")
 
 
 def _positive(raw: str | None, default: int, high: int) -> int:
@@ -40,15 +43,22 @@ async def history_page(request: Request) -> Response:
     page = min(_positive(request.query_params.get("page"), 1, 10**9), pages)
     jobs = await manager.recent(limit=per_page, offset=(page - 1) * per_page, **chosen.store_args())
     keep = chosen.query() | ({"per_page": str(per_page)} if per_page != history.PAGE_SIZE else {})
+    view = request.query_params.get("view") or "grid"
+    if view not in VIEWS:
+        errors["view"] = f"must be one of {', '.join(VIEWS)} (got {view!r})"
+        view = "grid"
 
     def link(number: int) -> str:
-        return "/history?" + urlencode({**keep, "page": str(number)})
+        return "/history?" + urlencode({**keep, **_view_query(view), "page": str(number)})
 
     return render(
         request,
         "history.html",
         {
-            "rows": [{"job": job.snapshot(), "thumbs": _thumbs(job)} for job in jobs],
+            "rows": [card(job) for job in jobs],
+            "view": view,
+            # The Grid | Table switch keeps the filter and page size, and starts at the first page.
+            "views": {name: _history_url({**keep, **_view_query(name)}) for name in VIEWS},
             "filter": chosen,
             "sizes": await manager.store.job_sizes(),
             "statuses": STATUSES,
@@ -63,8 +73,33 @@ async def history_page(request: Request) -> Response:
     )
 
 
+def _history_url(query: dict[str, str]) -> str:
+    return "/history?" + urlencode(query) if query else "/history"
+
+
+def _view_query(view: str) -> dict[str, str]:
+    return {} if view == "grid" else {"view": view}
+
+
 def _thumbs(job: JobState) -> list[str]:
     return [f"/thumbs/{history.thumb_name(name)}" for name in job.images]
+
+
+def card(job: JobState) -> dict[str, Any]:
+    """What templates/_card.html (and the history table) show of a job: its snapshot, thumbnails,
+    and the A1111 `parameters` text that its PNGs carry, for the viewer's "copy parameters"."""
+    return {
+        "job": job.snapshot(),
+        "thumbs": _thumbs(job),
+        "parameters": attribute_text(a1111_parameters(job.params, job.model)),
+        "prompt": attribute_text(job.params.prompt),
+    }
+
+
+def attribute_text(text: str) -> Markup:
+    """Text for an attribute value that the browser reads back unchanged: HTML parsing turns a bare
+    CR (and CR LF) into LF before decoding references, so a CR is written as a character reference."""
+    return Markup(str(escape(text)).replace("\r", "&#13;"))
 
 
 async def thumbnail(request: Request) -> Response:

@@ -49,6 +49,26 @@ def job_request_schema(settings: Settings) -> dict[str, Any]:
     }
 
 
+def estimate_operation(settings: Settings) -> dict[str, Any]:
+    """GET /api/estimate: what a job of this size would cost if submitted now (routes/estimate.py)."""
+    limits = field_limits(settings)
+    return {
+        "summary": "predicted run time, device and start of a job not yet submitted; nothing is queued",
+        "parameters": [
+            {"name": name, "in": "query", "schema": {"type": "integer", **limits[name]}}
+            for name in ("width", "height", "steps", "num_images")
+        ],
+        "responses": {
+            **_answers(200, 401, 422),
+            "200": {
+                "description": "run_s and start_s in seconds (null: not known), source (size, cost-model, "
+                "scaled; null: no history), device, finish_s, needs_load, needs_warmup, load_s, warmup_s, "
+                "jobs_ahead, and text for people"
+            },
+        },
+    }
+
+
 def _answers(*codes: int) -> dict[str, Any]:
     return {str(code): {"description": WHY[code]} for code in codes}
 
@@ -108,6 +128,7 @@ def describe(settings: Settings) -> dict[str, Any]:
                 "get": {"parameters": [last_event_id], "responses": {**stream, **_answers(400, 401)}}
             },
             "/api/status": {"get": {"responses": _answers(200, 401)}},
+            "/api/estimate": {"get": estimate_operation(settings)},
         },
     }
     if settings.token:

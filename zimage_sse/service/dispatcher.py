@@ -18,7 +18,7 @@ from ..estimate import LiveEstimate
 from ..eta import Key, Prediction
 from ..events import Cancelled, JobFailed
 from ..logs import job_context
-from ..messages import LoadProgress, Message, Outcome, PhaseStarted, StepDone
+from ..messages import LoadProgress, Message, Outcome, PhaseStarted, PreviewReady, StepDone
 from ..params import JobParams
 from .planner import DeviceView
 from .runner import Runner
@@ -234,6 +234,7 @@ class Dispatcher:
             if service.interrupted(state.id):
                 self.running = None
                 service.queue.ack(state.id)
+                await self._frames_end(state, "queued")
                 await service.requeue(state)
                 return
             status, error = "cancelled", "Cancelled while running."
@@ -256,8 +257,16 @@ class Dispatcher:
             # A load that failed, out of memory, a crash: the device is shown as failed and gets no
             # work while another can take it, until it recovers (RECOVER_AFTER_S).
             self.set_status(ModelState.FAILED, error=error)
+        await self._frames_end(state, status)
         await service.finish(state, status, error=error, outcome=outcome, key=self.key)
         await loop.run_in_executor(self.executor, self.runner.between_jobs)
+
+    async def _frames_end(self, state: JobState, status: str) -> None:
+        """A done job's kept previews are all on disk before its `done` event (the page links them);
+        any other end drops them."""
+        frames = self.service.frames
+        if frames is not None:
+            state.frames = await (frames.settle(state.id) if status == "done" else frames.discard(state.id))
 
     def _on_worker_event(self, state: JobState, message: Message) -> None:
         if state.terminal:
@@ -298,4 +307,7 @@ class Dispatcher:
             )
         else:
             state.preview = message.data()
+            if service.frames is not None and isinstance(message, PreviewReady):
+                # The JPEG exists already: kept as it is, written off the loop (zimage_sse/frames.py).
+                state.frames = service.frames.keep(state.id, state.params.steps, message.step, message.url)
             service.publish(state, message.kind, state.preview)

@@ -19,6 +19,7 @@ from ..broadcaster import Broadcaster
 from ..db import JobStore
 from ..eta import EtaModel, Key
 from ..events import Event
+from ..frames import Frames
 from ..messages import Outcome
 from ..params import JobParams
 from .bus import EventBus, MemoryBus
@@ -53,8 +54,10 @@ class JobService(Following, Planning):
         max_queue: int = 0,
         queue: JobQueue | None = None,
         bus: EventBus | None = None,
+        frames: Frames | None = None,
     ) -> None:
         self.store = store
+        self.frames = frames  # None: previews are not kept (no animations)
         self.queue: JobQueue = queue or MemoryQueue()
         self.bus: EventBus = bus or MemoryBus(broadcaster, replay_events)
         self.eta = EtaModel()
@@ -160,6 +163,7 @@ class JobService(Following, Planning):
         state = JobState.from_row(row)
         state.phases = await self.store.phase_timings(job_id)
         state.step_s = await self.store.step_timings(job_id)
+        await self._list_frames([state])
         return state
 
     async def recent(
@@ -173,7 +177,17 @@ class JobService(Following, Planning):
     ) -> list[JobState]:
         """Jobs newest first; live ones as they are in memory, ended ones as stored."""
         rows = await self.store.list_jobs(limit=limit, offset=offset, status=status, search=search, size=size)
-        return [self._jobs.get(row["id"]) or JobState.from_row(row) for row in rows]
+        states = [self._jobs.get(row["id"]) or JobState.from_row(row) for row in rows]
+        await self._list_frames([state for state in states if state.id not in self._jobs])
+        return states
+
+    async def _list_frames(self, states: list[JobState]) -> None:
+        """The kept previews of done jobs read from the store (live ones are told by their dispatcher)."""
+        done = [state for state in states if state.status == "done" and state.pruned_at is None]
+        if self.frames is None or not done:
+            return
+        for state, steps in zip(done, await self.frames.listed([s.id for s in done]), strict=True):
+            state.frames = steps
 
     def forget(self, job_ids: list[str]) -> None:
         """Drop ended jobs from memory after retention or a delete changed their rows: the next read

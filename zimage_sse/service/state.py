@@ -52,6 +52,8 @@ class JobState:
     progress_floor: float = 0.0
     # When retention removed the job's images (its row and timings stay); None: not pruned.
     pruned_at: float | None = None
+    # The steps whose preview the job keeps for its animation (zimage_sse/frames.py), in order.
+    frames: list[int] = field(default_factory=list)
 
     @property
     def terminal(self) -> bool:
@@ -138,6 +140,7 @@ class JobState:
             "loading": self.loading if self.phase == "loading" else None,
             "model_loading": self.model_loading if queued else None,
             "pruned_at": self.pruned_at,
+            "frames": list(self.frames),
         }
 
     @classmethod
