@@ -479,6 +479,22 @@ def test_job_fragment_stream_renders_the_panel_then_end(server: Server) -> None:
     assert all(a < b for a, b in pairwise(numbers)), numbers
 
 
+def test_a_page_reconnecting_after_the_end_gets_the_final_panel_and_end_at_once(server: Server) -> None:
+    """A page whose connection dropped between the last panel and `end` reconnects with the last panel's
+    id: nothing more will happen to the job, so the stream must not wait (tests/test_stress.py found it)."""
+    with server.client() as client:
+        job = submit(client, prompt="reconnecting after the end", steps=2)
+        done = follow(client, job["id"])[-1]
+        assert done.event == "done"
+        with client.stream(
+            "GET", f"/jobs/{job['id']}/stream", headers={"Last-Event-ID": str(done.id)}, timeout=30
+        ) as response:
+            assert response.status_code == 200
+            events = read_sse(response)
+    assert [e.event for e in events] == ["message", "end"], events
+    assert 'data-status="done"' in events[0].data
+
+
 def test_queue_stream_starts_with_the_queue(server: Server) -> None:
     with server.client() as client, BusyWorker(client) as busy:
         job = submit(client, prompt="waiting in the queue stream")

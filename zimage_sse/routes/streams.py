@@ -167,9 +167,15 @@ def _render(request: Request, template: str, **context: Any) -> str:
 async def job_fragments(request: Request) -> Response:
     """GET /jobs/{id}/stream: the job panel re-rendered on every event, then `end`."""
     manager, job_id = manager_of(request), job_id_of(request)
-    await manager.get(job_id)
+    ended = await manager.get(job_id)
 
     async def body() -> AsyncIterator[ServerSentEvent]:
+        if ended.terminal:
+            # A page reconnecting after the end (its connection dropped between the last panel and `end`):
+            # nothing more will happen, so the final panel and `end` at once, never a stream left waiting.
+            yield ServerSentEvent(data=_render(request, "_job.html", job=ended.snapshot()))
+            yield END
+            return
         async with manager.follow(job_id, request.headers.get("last-event-id")) as (first, subscription):
             async for event in _events(first, subscription, stop_at_terminal=True):
                 if event.kind == SHUTDOWN:
