@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from zimage_sse.db import StoreUnavailable, open_store
+from zimage_sse.db import StoreUnavailable, migrations, open_store
 from zimage_sse.db.postgres import PG_MIGRATIONS_DIR, PgStore, redact
 
 from .conftest import ROOT, Server, follow, free_port, submit
@@ -50,7 +50,7 @@ async def test_each_migration_is_recorded_once_and_a_new_one_keeps_the_data(
 ) -> None:
     store = await PgStore.open(postgres_url)
     try:
-        assert tracked(postgres_url) == [(1, "001_init.sql")]
+        assert tracked(postgres_url) == [(n, path.name) for n, path in migrations(PG_MIGRATIONS_DIR)]
         await store.insert_job(row("a", 1.0, prompt="100% sure"))
         directory = copy_migrations(
             tmp_path / "next",

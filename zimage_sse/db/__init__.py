@@ -1,5 +1,6 @@
 """All SQL lives in this package and in migrations/: the JobStore (base.py, every query written once)
-on SQLite (sqlite.py, the embedded default) or PostgreSQL (postgres.py, for several processes).
+on SQLite (sqlite.py, the embedded default) or PostgreSQL (postgres.py, for several processes, with
+leases.py its queue across machines: claims, leases, reaping).
 
 The reports read through the `report_*` methods, which take a `ReportFilter` and return plain rows
 (zimage_sse/reports.py makes the tables). postgres.py, and with it psycopg, is imported only when a

@@ -248,12 +248,16 @@ class JobStore(ReportQueries):
         gpu_mem_peak_mb: float | None = None,
         eta_points: Mapping[float, float | None] | None = None,
         actual_total_s: float | None = None,
-    ) -> None:
-        """The job's end state and all of its timings, in one transaction."""
+        attempt: int | None = None,
+    ) -> bool:
+        """The job's end state and all of its timings, in one transaction. With `attempt`, only if the job
+        still runs that attempt: a worker that lost its lease (db/leases.py) writes nothing. Returns
+        whether it wrote."""
+        guard = "" if attempt is None else " AND status = 'running' AND attempts = ?"
         async with self._transaction() as tx:
-            await tx.execute(
+            changed = await tx.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, error = ?, images = ?, warm_up = ?,"
-                " first_of_size = ?, gpu_util_mean = ?, gpu_mem_peak_mb = ? WHERE id = ?",
+                f" first_of_size = ?, gpu_util_mean = ?, gpu_mem_peak_mb = ? WHERE id = ?{guard}",
                 (
                     status,
                     finished_at,
@@ -264,8 +268,11 @@ class JobStore(ReportQueries):
                     gpu_util_mean,
                     gpu_mem_peak_mb,
                     job_id,
+                    *(() if attempt is None else (attempt,)),
                 ),
             )
+            if attempt is not None and not changed:
+                return False
             await tx.executemany(
                 "INSERT INTO step_timings (job_id, step, seconds) VALUES (?, ?, ?)",
                 [(job_id, index, seconds) for index, seconds in enumerate(step_s, start=1)],
@@ -280,6 +287,7 @@ class JobStore(ReportQueries):
                     " VALUES (?, ?, ?, ?)",
                     [(job_id, point, total, actual_total_s) for point, total in eta_points.items()],
                 )
+        return True
 
     async def recover_interrupted(
         self, finished_at: float, max_attempts: int, reason: str

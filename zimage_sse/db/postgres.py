@@ -86,7 +86,8 @@ class _PgTx:
 
 class PgStore(JobStore):
     _ORDER = "seq"
-    _HIDDEN = frozenset({"seq"})
+    # seq, and the lease columns the queue across machines keeps (db/leases.py, migration 002).
+    _HIDDEN = frozenset({"seq", "worker", "lease_until", "cancel_requested", "front"})
     # Recovery holds the running rows it reads until it commits: another process cannot finish or
     # claim one in between.
     _LOCK_ROWS = " FOR UPDATE"
