@@ -78,4 +78,8 @@ fi
 if [[ "$EXTRAS" == *test* ]] && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
     apt_install postgresql "the store tests" "PostgreSQL's programs"
 fi
+# The event bus's tests start a real Redis of Debian's (tests/redis_server.py) the same way.
+if [[ "$EXTRAS" == *test* ]] && [ ! -x /usr/bin/redis-server ]; then
+    apt_install redis-server "the event bus tests" "Redis at /usr/bin/redis-server"
+fi
 echo "setup: done"

@@ -22,8 +22,10 @@ from zimage_sse import pipeline
 from zimage_sse.client import SseParser
 from zimage_sse.events import TERMINAL
 
-# A real PostgreSQL server per test run (tests/postgres.py), for the tests that ask for one.
+# A real PostgreSQL server and a real Redis server per test run (tests/postgres.py,
+# tests/redis_server.py), for the tests that ask for them.
 from .postgres import postgres_server, postgres_url  # noqa: F401
+from .redis_server import redis_server, redis_url  # noqa: F401
 
 if TYPE_CHECKING:  # imported where used, so the GPU tests run where Playwright is not installed
     from playwright.sync_api import Browser
